@@ -1,0 +1,267 @@
+//! The Redis write-ahead [`Buffer`]: one key per record, `<prefix>:buffer:<instance-id>:<uuid>`.
+//!
+//! With the default prefix `msg` this is the design's `msg:buffer:<instance-id>:<uuid>`. The
+//! uuid is a version 7 uuid, so an instance's keys sort in arrival order. Each value is the
+//! record in the versioned binary encoding of [`dp_core::codec`].
+//!
+//! Writes are one `MSET` per chunk of records and deletes one `UNLINK` per batch: never one
+//! round trip per record. Restore scans the instance's keys (`SCAN MATCH`, never `KEYS`),
+//! reads them with `MGET` in pages, and returns them in key order. A value that does not decode
+//! is not deleted and not lost: it is renamed to `<prefix>:quarantine:<instance-id>:<uuid>` for
+//! an operator to inspect, and reported in the log.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dp_core::{Buffer, BufferError, BufferKey, Record, SecretUrl, decode_record, encode_record};
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Settings of the Redis buffer (`[redis]` in the config file, `DP_REDIS__*` in the environment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisBufferConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: SecretUrl,
+    /// First segment of every key: keys are `<key_prefix>:buffer:<instance-id>:<uuid>`.
+    pub key_prefix: String,
+    /// How long one Redis command may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How long to wait for a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisBufferConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("redis://127.0.0.1:6379"),
+            key_prefix: "msg".into(),
+            command_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RedisBufferConfig {
+    /// Checks the settings without connecting. Errors name the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.expose().starts_with("redis://") {
+            return Err(format!("redis.url: `{}` must start with redis://", self.url.redacted()));
+        }
+        Config::from_url(self.url.expose())
+            .map_err(|e| format!("redis.url: `{}` is not a valid redis URL: {e}", self.url.redacted()))?;
+        if !is_key_segment(&self.key_prefix) {
+            return Err(format!("redis.key_prefix: `{}` must be 1-64 of [A-Za-z0-9._-]", self.key_prefix));
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err("redis.command_timeout / redis.connect_timeout: must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` can stand in a key between colons and in a `SCAN MATCH` pattern unescaped.
+pub fn is_key_segment(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Errors of the Redis buffer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisBufferError {
+    /// The configuration was refused by the client.
+    #[error("invalid redis configuration for {url}: {source}")]
+    Config {
+        /// The URL, password redacted.
+        url: String,
+        /// The client's error.
+        source: fred::error::Error,
+    },
+    /// The instance id cannot be used in a key.
+    #[error("instance id `{0}` must be 1-128 of [A-Za-z0-9._-]")]
+    InstanceId(String),
+    /// Connecting failed.
+    #[error("cannot connect to redis at {url}: {source}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// The client's error.
+        source: fred::error::Error,
+    },
+}
+
+/// The Redis write-ahead buffer of one pipeline instance.
+#[derive(Clone)]
+pub struct RedisBuffer {
+    client: Client,
+    buffer_prefix: String,
+    quarantine_prefix: String,
+}
+
+const PAGE: usize = 1000;
+
+impl RedisBuffer {
+    /// Connects to Redis. Commands that cannot be sent are retried by the client's reconnect
+    /// policy until `command_timeout`; the connection itself is re-established forever.
+    pub async fn connect(config: &RedisBufferConfig, instance_id: &str) -> Result<Self, RedisBufferError> {
+        if !is_key_segment(instance_id) {
+            return Err(RedisBufferError::InstanceId(instance_id.to_owned()));
+        }
+        let url = config.url.redacted();
+        let cfg = Config::from_url(config.url.expose())
+            .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
+        let client = Builder::from_config(cfg)
+            .with_connection_config(|c| {
+                c.connection_timeout = config.connect_timeout;
+                c.internal_command_timeout = config.command_timeout;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()
+            .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
+        let connect = async {
+            client.init().await?;
+            client.ping::<()>(None).await
+        };
+        match tokio::time::timeout(config.connect_timeout, connect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(RedisBufferError::Connect { url, source }),
+            Err(_) => {
+                let _ = client.quit().await;
+                return Err(RedisBufferError::Connect {
+                    url,
+                    source: fred::error::Error::new(fred::error::ErrorKind::Timeout, "connection timed out"),
+                });
+            }
+        }
+        Ok(Self {
+            client,
+            buffer_prefix: format!("{}:buffer:{instance_id}:", config.key_prefix),
+            quarantine_prefix: format!("{}:quarantine:{instance_id}:", config.key_prefix),
+        })
+    }
+
+    /// The underlying client, for callers that need other commands (tests, health checks).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The `SCAN MATCH` pattern of this instance's keys.
+    pub fn key_pattern(&self) -> String {
+        format!("{}*", self.buffer_prefix)
+    }
+
+    async fn scan_keys(&self) -> Result<Vec<String>, fred::error::Error> {
+        use futures::TryStreamExt as _;
+        let mut keys: Vec<String> = self
+            .client
+            .scan_buffered(self.key_pattern(), Some(PAGE as u32), None)
+            .map_ok(|k| k.into_string().unwrap_or_default())
+            .try_collect()
+            .await?;
+        keys.retain(|k| !k.is_empty());
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+fn transient(what: &str, e: fred::error::Error) -> BufferError {
+    BufferError::transient(format!("redis {what} failed")).with_source(e)
+}
+
+#[async_trait]
+impl Buffer for RedisBuffer {
+    async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> =
+            records.iter().map(|_| format!("{}{}", self.buffer_prefix, Uuid::now_v7().as_simple())).collect();
+        let pairs: Vec<(&str, Vec<u8>)> =
+            keys.iter().map(String::as_str).zip(records.iter().map(encode_record)).collect();
+        self.client.mset(pairs).await.map_err(|e| transient("MSET", e))?;
+        Ok(keys.into_iter().map(BufferKey).collect())
+    }
+
+    async fn remove(&self, keys: &[BufferKey]) -> Result<(), BufferError> {
+        for chunk in keys.chunks(PAGE) {
+            let names: Vec<&str> = chunk.iter().map(|k| k.0.as_str()).collect();
+            self.client.unlink::<i64, _>(names).await.map_err(|e| transient("UNLINK", e))?;
+        }
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+        let keys = self.scan_keys().await.map_err(|e| transient("SCAN", e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGE) {
+            let values: Vec<Value> =
+                self.client.mget(chunk.to_vec()).await.map_err(|e| transient("MGET", e))?;
+            for (key, value) in chunk.iter().zip(values) {
+                let bytes = match value {
+                    Value::Null => continue, // deleted between SCAN and MGET
+                    Value::Bytes(b) => b.to_vec(),
+                    Value::String(s) => s.as_bytes().to_vec(),
+                    other => {
+                        self.quarantine(key, &format!("unexpected value type {:?}", other.kind())).await?;
+                        continue;
+                    }
+                };
+                match decode_record(&bytes) {
+                    Ok(record) => out.push((BufferKey(key.clone()), record)),
+                    Err(e) => self.quarantine(key, &e.to_string()).await?,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn healthcheck(&self) -> Result<(), BufferError> {
+        self.client.ping::<()>(None).await.map_err(|e| transient("PING", e))
+    }
+
+    async fn close(&self) -> Result<(), BufferError> {
+        self.client.quit().await.map_err(|e| transient("QUIT", e))
+    }
+}
+
+impl RedisBuffer {
+    async fn quarantine(&self, key: &str, reason: &str) -> Result<(), BufferError> {
+        let suffix = key.strip_prefix(&self.buffer_prefix).unwrap_or(key);
+        let target = format!("{}{suffix}", self.quarantine_prefix);
+        tracing::error!(key, target = %target, reason, "buffered record cannot be decoded; moved aside for inspection");
+        self.client.rename::<(), _, _>(key, target.as_str()).await.map_err(|e| transient("RENAME", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_segments_refuse_glob_and_separator_characters() {
+        assert!(is_key_segment("delivery-pipeline-0"));
+        assert!(is_key_segment("pod.abc_1"));
+        for bad in ["", "a:b", "a*", "a?", "a[b]", "a b", "é"] {
+            assert!(!is_key_segment(bad), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn config_validation_names_the_key() {
+        RedisBufferConfig::default().validate().expect("defaults validate");
+        let c = RedisBufferConfig { url: SecretUrl::new("http://x:pw@host"), ..Default::default() };
+        let e = c.validate().expect_err("bad scheme");
+        assert!(e.starts_with("redis.url"), "{e}");
+        assert!(!e.contains("pw"), "password leaked: {e}");
+        let c = RedisBufferConfig { key_prefix: "a:b".into(), ..Default::default() };
+        assert!(c.validate().expect_err("bad prefix").starts_with("redis.key_prefix"));
+    }
+}

@@ -1,0 +1,32 @@
+//! The vocabulary every delivery-pipeline crate shares, and the three traits that connect them.
+//!
+//! A [`Record`] is one Kafka message as the pipeline sees it. A [`Source`] yields records and is
+//! told, through [`Source::acknowledge`], which ones are durable so it can advance its position.
+//! A [`Buffer`] keeps a write-ahead copy of every record that is held in memory, so a process
+//! that dies loses nothing. A [`Sink`] writes a batch of records to the store of record.
+//!
+//! This crate depends on no Kafka, Redis or MySQL client: the author of a custom sink depends
+//! on this crate alone.
+//!
+//! # What "durable" means
+//! A record is *delivered* once the sink's [`Sink::write_batch`] (or [`Sink::dead_letter`]) has
+//! returned `Ok` for a batch that contains it: it is then either a row in the store of record or
+//! an entry in its dead-letter destination. Only delivered records are acknowledged to the
+//! source, and a source advances its committed position only over a contiguous prefix of
+//! delivered records per partition (see [`OffsetTracker`]).
+
+pub mod accumulator;
+pub mod codec;
+pub mod error;
+pub mod offsets;
+pub mod record;
+pub mod secret;
+pub mod traits;
+
+pub use accumulator::{Accumulator, Batch, FlushTrigger};
+pub use codec::{CodecError, FORMAT_VERSION, decode_record, encode_record, encode_record_into};
+pub use error::{BufferError, ErrorKind, SinkError, SourceError};
+pub use offsets::OffsetTracker;
+pub use record::{Coordinates, Header, Record};
+pub use secret::{SecretUrl, redact_url};
+pub use traits::{BatchOutcome, Buffer, BufferKey, DeadLetter, Sink, Source};

@@ -1,0 +1,67 @@
+//! One Kafka message as the pipeline carries it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A record header: a name and an optional value of arbitrary bytes.
+///
+/// Kafka header values are bytes, not text, so they are kept as bytes; a value that is not
+/// UTF-8 survives the trip through the buffer unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Header name.
+    pub name: String,
+    /// Header value; `None` for a header sent with a null value.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// Where a record came from: enough to find it again in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Coordinates {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+    /// Offset of the record within its partition.
+    pub offset: i64,
+}
+
+/// One message from the source, with everything needed to store it or dead-letter it later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Topic name, shared between the records of one topic.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Message key, if any.
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    /// Message headers, in the order they were sent.
+    pub headers: Vec<Header>,
+    /// Kafka timestamp in milliseconds since the Unix epoch, if the message carried one.
+    pub timestamp_ms: Option<i64>,
+    /// Message value; `None` for a tombstone.
+    #[serde(with = "serde_bytes")]
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    /// The record's coordinates.
+    pub fn coordinates(&self) -> Coordinates {
+        Coordinates { topic: Arc::clone(&self.topic), partition: self.partition, offset: self.offset }
+    }
+
+    /// Bytes this record occupies in memory, roughly: payload, key, headers and a fixed part.
+    pub fn approx_size(&self) -> usize {
+        let headers: usize =
+            self.headers.iter().map(|h| h.name.len() + h.value.as_ref().map_or(0, Vec::len) + 48).sum();
+        std::mem::size_of::<Self>()
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self.key.as_ref().map_or(0, Vec::len)
+            + headers
+    }
+}

@@ -1,0 +1,167 @@
+//! The three traits that connect a pipeline: [`Source`], [`Buffer`] and [`Sink`].
+//!
+//! Each has one required method; the rest have defaults. They are object safe (the runtime
+//! holds them as `Box<dyn …>` / `Arc<dyn …>`), which `object_safety` below checks at compile time.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::{BufferError, SinkError, SourceError};
+use crate::record::Record;
+
+/// Where records come from.
+///
+/// # Contract
+/// - [`poll`](Source::poll) is cancellation safe: records received before a cancelled call are
+///   returned by the next call, never dropped.
+/// - Within a partition, records are returned in offset order.
+/// - The source advances its committed position only over records passed to
+///   [`acknowledge`](Source::acknowledge), and only over a contiguous prefix per partition.
+#[async_trait]
+pub trait Source: Send {
+    /// Waits for records and returns between 1 and `max` of them (`max` is at least 1).
+    async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError>;
+
+    /// Reports records as delivered: written to the sink or dead-lettered.
+    fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {
+        let _ = delivered;
+        Ok(())
+    }
+
+    /// Commits the acknowledged position now (normally this happens periodically).
+    async fn commit(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// Leaves the consumer group or otherwise releases the source.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// Opaque handle of one record's write-ahead copy.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferKey(pub String);
+
+impl From<&str> for BufferKey {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl fmt::Debug for BufferKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The write-ahead copy of the records held in memory.
+///
+/// Records are appended when they arrive and removed once delivered; whatever is left when a
+/// process dies is restored (and delivered) by the next process that starts with the same
+/// identity.
+#[async_trait]
+pub trait Buffer: Send + Sync {
+    /// Stores `records` and returns one key per record, in the same order.
+    async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError>;
+
+    /// Deletes the copies of delivered records. Deleting a missing key is not an error.
+    async fn remove(&self, keys: &[BufferKey]) -> Result<(), BufferError> {
+        let _ = keys;
+        Ok(())
+    }
+
+    /// Every record left by an earlier run of this instance, in arrival order.
+    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+        Ok(Vec::new())
+    }
+
+    /// Checks that the buffer answers.
+    async fn healthcheck(&self) -> Result<(), BufferError> {
+        Ok(())
+    }
+
+    /// Releases connections.
+    async fn close(&self) -> Result<(), BufferError> {
+        Ok(())
+    }
+}
+
+/// How a batch ended in the sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Records written as new rows.
+    pub inserted: usize,
+    /// Records that were already stored (redelivery, restore, a producer duplicate).
+    pub duplicates: usize,
+    /// Records the sink refused and put in its dead-letter destination.
+    pub dead_lettered: usize,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, o: Self) {
+        self.inserted += o.inserted;
+        self.duplicates += o.duplicates;
+        self.dead_lettered += o.dead_lettered;
+    }
+}
+
+impl BatchOutcome {
+    /// Every record accounted for.
+    pub fn total(&self) -> usize {
+        self.inserted + self.duplicates + self.dead_lettered
+    }
+}
+
+/// A record that cannot be stored, with why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The record, unchanged.
+    pub record: Record,
+    /// A short machine-readable class (`invalid_json`, `field_too_long`, `mysql_error`, …).
+    pub error_class: String,
+    /// The store's error code when the store refused it.
+    pub code: Option<u32>,
+    /// The store's SQLSTATE when the store refused it.
+    pub sqlstate: Option<String>,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+/// Where records go.
+///
+/// `write_batch` must be idempotent: the same record written twice leaves one copy, since a
+/// crash between a write and its acknowledgement replays the batch. It returns `Ok` only when
+/// every record of the batch is durable (stored, already present, or dead-lettered).
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Writes a batch of records, all or nothing.
+    async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError>;
+
+    /// Stores records that the sink refused permanently. A sink without a dead-letter
+    /// destination keeps this default, and the runtime stops rather than drop the record.
+    async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
+        let _ = entries;
+        Err(SinkError::permanent("this sink has no dead-letter destination"))
+    }
+
+    /// Checks that the sink's store answers.
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Releases connections.
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod object_safety {
+    use super::*;
+
+    // Compiles only while the traits stay object safe.
+    #[allow(dead_code)]
+    fn boxed(_: Box<dyn Source>, _: std::sync::Arc<dyn Buffer>, _: std::sync::Arc<dyn Sink>) {}
+}

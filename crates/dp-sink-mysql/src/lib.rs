@@ -1,0 +1,500 @@
+//! The MySQL/MariaDB [`Sink`]: idempotent multi-row inserts, one transaction per batch, and a
+//! dead-letter table for records that cannot be stored.
+//!
+//! A batch is mapped row by row ([`mapping`]); records that cannot become a row (not JSON, a
+//! field too long, …) are written to the dead-letter table *in the same transaction* as the
+//! rows, so a batch is delivered all or nothing. Rows go in prepared multi-row
+//! `INSERT … ON DUPLICATE KEY UPDATE event_id = event_id` statements, split to stay under the
+//! 65,535-placeholder limit and a share of `max_allowed_packet` ([`sql::plan_statements`]).
+//!
+//! Errors are classified ([`classify`]): data errors the server pins on a row (SQLSTATE
+//! classes 22 and 23, and the handful of MySQL codes that report data errors as `HY000`) are
+//! permanent; everything else — lost connections, deadlocks, lock waits, too many connections,
+//! read-only fail-overs, even a missing table — is transient and retried, never dead-lettered.
+
+pub mod mapping;
+pub mod sql;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dp_core::{BatchOutcome, DeadLetter, Record, SecretUrl, Sink, SinkError, encode_record};
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::mapping::{DateTimeParts, Mapping, Row};
+
+/// Settings of the MySQL sink (`[mysql]` in the config file, `DP_MYSQL__*` in the environment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlSinkConfig {
+    /// `mysql://user[:password]@host:port/database`. TCP is used even for `localhost`.
+    pub url: SecretUrl,
+    /// Table rows are written to.
+    pub table: String,
+    /// Dead-letter table; `<table>_dead_letter` when unset.
+    pub dead_letter_table: Option<String>,
+    /// Create both tables at startup if they are missing.
+    pub create_table: bool,
+    /// Payload field holding the idempotency key.
+    pub event_id_field: String,
+    /// Payloads larger than this are dead-lettered instead of inserted.
+    pub max_payload_bytes: usize,
+    /// Most connections the pool opens.
+    pub max_connections: usize,
+    /// How long to wait for a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for MysqlSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("mysql://root@127.0.0.1:3306/test"),
+            table: "delivery_events".into(),
+            dead_letter_table: None,
+            create_table: true,
+            event_id_field: "event_id".into(),
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MysqlSinkConfig {
+    /// The dead-letter table's name.
+    pub fn dead_letter_table(&self) -> String {
+        self.dead_letter_table.clone().unwrap_or_else(|| format!("{}_dead_letter", self.table))
+    }
+
+    /// Checks the settings without connecting. Errors name the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let opts = Opts::from_url(self.url.expose())
+            .map_err(|e| format!("mysql.url: `{}` is not a valid mysql URL: {e}", self.url.redacted()))?;
+        if opts.db_name().is_none() {
+            return Err(format!("mysql.url: `{}` names no database; add /<database>", self.url.redacted()));
+        }
+        if !sql::is_identifier(&self.table) {
+            return Err(format!(
+                "mysql.table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)",
+                self.table
+            ));
+        }
+        if !sql::is_identifier(&self.dead_letter_table()) {
+            return Err(format!(
+                "mysql.dead_letter_table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_]); set it explicitly",
+                self.dead_letter_table()
+            ));
+        }
+        if self.event_id_field.is_empty() {
+            return Err("mysql.event_id_field: must not be empty".into());
+        }
+        if self.max_payload_bytes == 0 {
+            return Err("mysql.max_payload_bytes: must be greater than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("mysql.max_connections: must be greater than zero".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("mysql.connect_timeout: must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The statements `migrate` runs.
+    pub fn ddl(&self) -> Vec<String> {
+        vec![sql::create_table(&self.table), sql::create_dead_letter_table(&self.dead_letter_table())]
+    }
+}
+
+/// Errors of the MySQL sink outside the [`Sink`] calls.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MysqlSinkError {
+    /// The URL could not be parsed.
+    #[error("mysql.url: {url} is invalid: {source}")]
+    Url {
+        /// The URL, password redacted.
+        url: String,
+        /// The parser's error.
+        source: mysql_async::UrlError,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to mysql at {url}: {message}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Creating or inspecting a table failed.
+    #[error("cannot prepare table `{table}`: {message}")]
+    Table {
+        /// The table.
+        table: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The MySQL sink. Cheap to clone; clones share one pool.
+#[derive(Clone)]
+pub struct MysqlSink {
+    pool: Pool,
+    table: Arc<str>,
+    dead_letter_table: Arc<str>,
+    mapping: Arc<Mapping>,
+    max_statement_bytes: usize,
+    statements: Arc<Mutex<HashMap<(bool, usize), Arc<str>>>>,
+}
+
+/// MySQL error codes that report a data error in a row, whatever their SQLSTATE.
+const PERMANENT_CODES: &[u16] = &[
+    1048, // column cannot be null
+    1062, // duplicate entry (on a unique key other than event_id)
+    1264, // out of range value
+    1265, // data truncated
+    1292, // incorrect datetime value
+    1300, // invalid character string
+    1366, // incorrect string/integer value
+    1367, // illegal value
+    1406, // data too long
+    1411, // incorrect value for function
+    1452, // foreign key fails
+    3140, // invalid JSON text (MySQL)
+    4025, // CHECK constraint failed (MariaDB, e.g. json_valid)
+];
+
+/// Classifies a client error: row data errors are permanent, everything else transient.
+pub fn classify(context: &str, e: mysql_async::Error) -> SinkError {
+    match &e {
+        mysql_async::Error::Server(s) => {
+            let permanent =
+                PERMANENT_CODES.contains(&s.code) || s.state.starts_with("22") || s.state.starts_with("23");
+            let (code, state) = (u32::from(s.code), Some(s.state.clone()));
+            let base = if permanent { SinkError::permanent(context) } else { SinkError::transient(context) };
+            base.with_code(code, state).with_source(e)
+        }
+        _ => SinkError::transient(context).with_source(e),
+    }
+}
+
+impl MysqlSink {
+    /// Connects, reads `max_allowed_packet`, and creates the tables when configured to.
+    pub async fn connect(config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
+        let url = config.url.redacted();
+        let opts = Opts::from_url(config.url.expose())
+            .map_err(|source| MysqlSinkError::Url { url: url.clone(), source })?;
+        let constraints = PoolConstraints::new(0, config.max_connections.max(1)).unwrap_or_default();
+        let opts = OptsBuilder::from_opts(opts)
+            // mysql_async would silently switch to the Unix socket for a local server.
+            .prefer_socket(false)
+            .tcp_nodelay(true)
+            .stmt_cache_size(64)
+            .pool_opts(PoolOpts::default().with_constraints(constraints));
+        let pool = Pool::new(opts);
+        let connect_err = |message: String| MysqlSinkError::Connect { url: url.clone(), message };
+        let mut conn = tokio::time::timeout(config.connect_timeout, pool.get_conn())
+            .await
+            .map_err(|_| connect_err(format!("no answer within {:?}", config.connect_timeout)))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let max_packet: Option<u64> =
+            conn.query_first("SELECT @@max_allowed_packet").await.map_err(|e| connect_err(e.to_string()))?;
+        let dlq = config.dead_letter_table();
+        if config.create_table {
+            for ddl in config.ddl() {
+                conn.query_drop(ddl).await.map_err(|e| MysqlSinkError::Table {
+                    table: config.table.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        check_columns(&mut conn, &config.table, sql::ROW_COLUMNS).await?;
+        check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
+        drop(conn);
+        // Leave room for the statement text and protocol framing.
+        let max_statement_bytes = (max_packet.unwrap_or(4 << 20) as usize / 2).max(64 * 1024);
+        Ok(Self {
+            pool,
+            table: Arc::from(config.table.as_str()),
+            dead_letter_table: Arc::from(dlq.as_str()),
+            mapping: Arc::new(Mapping {
+                event_id_field: config.event_id_field.clone(),
+                max_payload_bytes: config.max_payload_bytes,
+            }),
+            max_statement_bytes,
+            statements: Arc::default(),
+        })
+    }
+
+    /// The connection pool, for callers that share it.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The table rows are written to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The dead-letter table.
+    pub fn dead_letter_table(&self) -> &str {
+        &self.dead_letter_table
+    }
+
+    fn statement(&self, dead_letter: bool, rows: usize) -> Arc<str> {
+        let mut cache = match self.statements.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(cache.entry((dead_letter, rows)).or_insert_with(|| {
+            Arc::from(if dead_letter {
+                sql::insert_dead_letters(&self.dead_letter_table, rows)
+            } else {
+                sql::insert_rows(&self.table, rows)
+            })
+        }))
+    }
+
+    async fn insert_rows(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        rows: &[(&Record, Row<'_>)],
+    ) -> Result<usize, SinkError> {
+        let plan = sql::plan_statements(
+            rows.iter().map(|(_, r)| r.payload.len() + 256),
+            sql::ROW_COLUMNS.len(),
+            usize::MAX,
+            self.max_statement_bytes,
+        );
+        let mut inserted = 0usize;
+        for range in plan {
+            let chunk = &rows[range];
+            let mut params = Vec::with_capacity(chunk.len() * sql::ROW_COLUMNS.len());
+            for (rec, row) in chunk {
+                params.push(Value::from(row.event_id.as_ref()));
+                params.push(row.tracking_id.as_deref().map_or(Value::NULL, Value::from));
+                params.push(row.status.as_deref().map_or(Value::NULL, Value::from));
+                params.push(date_value(row.event_time));
+                params.push(Value::from(row.payload));
+                params.push(Value::from(&*rec.topic));
+                params.push(Value::from(rec.partition));
+                params.push(Value::from(rec.offset));
+                params.push(date_value(rec.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
+            }
+            let stmt = self.statement(false, chunk.len());
+            tx.exec_drop(&*stmt, params)
+                .await
+                .map_err(|e| classify(&format!("insert into `{}` failed", self.table), e))?;
+            inserted += tx.affected_rows() as usize;
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_dead_letters(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        entries: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        let encoded: Vec<Vec<u8>> = entries.iter().map(|d| encode_record(&d.record)).collect();
+        let plan = sql::plan_statements(
+            encoded.iter().map(|e| e.len() * 2 + 512),
+            sql::DEAD_LETTER_COLUMNS.len(),
+            usize::MAX,
+            self.max_statement_bytes,
+        );
+        for range in plan {
+            let mut params = Vec::with_capacity(range.len() * sql::DEAD_LETTER_COLUMNS.len());
+            for (d, enc) in entries[range.clone()].iter().zip(&encoded[range.clone()]) {
+                let r = &d.record;
+                params.push(Value::from(&*r.topic));
+                params.push(Value::from(r.partition));
+                params.push(Value::from(r.offset));
+                params.push(date_value(r.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
+                params.push(r.key.as_deref().map_or(Value::NULL, |k| Value::Bytes(k.to_vec())));
+                params.push(r.payload.as_deref().map_or(Value::NULL, |p| Value::Bytes(p.to_vec())));
+                params.push(Value::Bytes(enc.clone()));
+                params.push(Value::from(d.error_class.as_str()));
+                params.push(d.code.map_or(Value::NULL, Value::from));
+                params.push(d.sqlstate.as_deref().map_or(Value::NULL, Value::from));
+                params.push(Value::from(truncate(&d.reason, 60_000)));
+            }
+            let stmt = self.statement(true, range.len());
+            tx.exec_drop(&*stmt, params)
+                .await
+                .map_err(|e| classify(&format!("insert into `{}` failed", self.dead_letter_table), e))?;
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<mysql_async::Conn, SinkError> {
+        self.pool.get_conn().await.map_err(|e| classify("cannot get a mysql connection", e))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn date_value(t: Option<DateTimeParts>) -> Value {
+    match t {
+        Some(t) => Value::Date(t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros),
+        None => Value::NULL,
+    }
+}
+
+async fn check_columns(
+    conn: &mut mysql_async::Conn,
+    table: &str,
+    required: &[&str],
+) -> Result<(), MysqlSinkError> {
+    let found: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table,),
+        )
+        .await
+        .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    if found.is_empty() {
+        return Err(MysqlSinkError::Table {
+            table: table.to_owned(),
+            message: "table does not exist; run `delivery-pipeline migrate` or set mysql.create_table = true"
+                .into(),
+        });
+    }
+    let missing: Vec<&str> =
+        required.iter().copied().filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c))).collect();
+    if !missing.is_empty() {
+        return Err(MysqlSinkError::Table {
+            table: table.to_owned(),
+            message: format!(
+                "missing columns {missing:?}; see `delivery-pipeline migrate --dry-run` for the expected shape"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for MysqlSink {
+    async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
+        if records.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        for r in records {
+            match self.mapping.map(r) {
+                Ok(row) => rows.push((r, row)),
+                Err(rej) => rejected.push(DeadLetter {
+                    record: r.clone(),
+                    error_class: rej.class.to_owned(),
+                    code: None,
+                    sqlstate: None,
+                    reason: rej.reason,
+                }),
+            }
+        }
+        let mut conn = self.begin().await?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| classify("cannot start a transaction", e))?;
+        let inserted = self.insert_rows(&mut tx, &rows).await?;
+        self.insert_dead_letters(&mut tx, &rejected).await?;
+        tx.commit().await.map_err(|e| classify("commit failed", e))?;
+        Ok(BatchOutcome {
+            inserted,
+            duplicates: rows.len() - inserted.min(rows.len()),
+            dead_lettered: rejected.len(),
+        })
+    }
+
+    async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.begin().await?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| classify("cannot start a transaction", e))?;
+        self.insert_dead_letters(&mut tx, entries).await?;
+        tx.commit().await.map_err(|e| classify("commit failed", e))
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        let mut conn = self.begin().await?;
+        conn.ping().await.map_err(|e| classify("mysql ping failed", e))
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        self.pool.clone().disconnect().await.map_err(|e| classify("closing the mysql pool failed", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16, state: &str) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: "x".into(),
+            state: state.into(),
+        })
+    }
+
+    #[test]
+    fn data_errors_are_permanent_and_outages_transient() {
+        for (code, state) in
+            [(1406, "22001"), (1366, "HY000"), (1048, "23000"), (1292, "22007"), (4025, "23000")]
+        {
+            let e = classify("insert", server(code, state));
+            assert!(!e.is_transient(), "{code} must be permanent");
+            assert_eq!(e.code(), Some(u32::from(code)));
+        }
+        for (code, state) in [
+            (1205, "HY000"),
+            (1213, "40001"),
+            (1040, "08004"),
+            (1290, "HY000"),
+            (1792, "25006"),
+            (1146, "42S02"),
+            (1927, "70100"),
+        ] {
+            assert!(classify("insert", server(code, state)).is_transient(), "{code} must be transient");
+        }
+        let io = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::other("connection reset")));
+        assert!(classify("insert", io).is_transient());
+        let closed = mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed);
+        assert!(classify("insert", closed).is_transient());
+    }
+
+    #[test]
+    fn config_validation_names_the_key() {
+        MysqlSinkConfig::default().validate().expect("defaults validate");
+        let bad = |f: &dyn Fn(&mut MysqlSinkConfig)| {
+            let mut c = MysqlSinkConfig::default();
+            f(&mut c);
+            c.validate().expect_err("must be rejected")
+        };
+        assert!(bad(&|c| c.table = "events; DROP TABLE x".into()).starts_with("mysql.table"));
+        assert!(bad(&|c| c.table = "a".repeat(60)).starts_with("mysql.dead_letter_table"));
+        assert!(bad(&|c| c.url = SecretUrl::new("postgres://u:pw@h/db")).starts_with("mysql.url"));
+        assert!(bad(&|c| c.url = SecretUrl::new("mysql://u:pw@h")).contains("names no database"));
+        assert!(!bad(&|c| c.url = SecretUrl::new("mysql://u:pw@h")).contains("pw@"));
+        assert!(bad(&|c| c.max_connections = 0).starts_with("mysql.max_connections"));
+    }
+}

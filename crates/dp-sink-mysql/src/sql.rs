@@ -1,0 +1,188 @@
+//! SQL text: table definitions, multi-row statements, and how a batch is split into them.
+
+use std::ops::Range;
+
+/// Columns written per row, in placeholder order.
+pub const ROW_COLUMNS: &[&str] = &[
+    "event_id",
+    "tracking_id",
+    "status",
+    "event_time",
+    "payload",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+];
+
+/// Columns written per dead-letter entry, in placeholder order.
+pub const DEAD_LETTER_COLUMNS: &[&str] = &[
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "kafka_key",
+    "payload",
+    "record",
+    "error_class",
+    "mysql_errno",
+    "sqlstate",
+    "reason",
+];
+
+/// The most placeholders one prepared statement may have (the protocol's 16-bit count).
+pub const MAX_PLACEHOLDERS: usize = 65_535;
+
+/// Whether `name` is a plain identifier we can quote safely: 1-64 of `[A-Za-z0-9_]`, not
+/// starting with a digit.
+pub fn is_identifier(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the events table.
+pub fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
+         \x20 `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,\n\
+         \x20 `event_id` VARCHAR(64) NOT NULL,\n\
+         \x20 `tracking_id` VARCHAR(64) NULL,\n\
+         \x20 `status` VARCHAR(32) NULL,\n\
+         \x20 `event_time` DATETIME(3) NULL,\n\
+         \x20 `payload` JSON NOT NULL,\n\
+         \x20 `kafka_topic` VARCHAR(249) NOT NULL,\n\
+         \x20 `kafka_partition` INT NOT NULL,\n\
+         \x20 `kafka_offset` BIGINT NOT NULL,\n\
+         \x20 `kafka_timestamp` DATETIME(3) NULL,\n\
+         \x20 `ingested_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),\n\
+         \x20 PRIMARY KEY (`id`),\n\
+         \x20 UNIQUE KEY `uq_event_id` (`event_id`),\n\
+         \x20 KEY `ix_tracking_id` (`tracking_id`, `event_time`)\n\
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    )
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for the dead-letter table.
+pub fn create_dead_letter_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
+         \x20 `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,\n\
+         \x20 `kafka_topic` VARCHAR(249) NOT NULL,\n\
+         \x20 `kafka_partition` INT NOT NULL,\n\
+         \x20 `kafka_offset` BIGINT NOT NULL,\n\
+         \x20 `kafka_timestamp` DATETIME(3) NULL,\n\
+         \x20 `kafka_key` BLOB NULL,\n\
+         \x20 `payload` LONGBLOB NULL COMMENT 'the message value, byte for byte',\n\
+         \x20 `record` LONGBLOB NOT NULL COMMENT 'the whole record (key, headers, value) in the versioned buffer encoding',\n\
+         \x20 `error_class` VARCHAR(32) NOT NULL,\n\
+         \x20 `mysql_errno` INT UNSIGNED NULL,\n\
+         \x20 `sqlstate` CHAR(5) NULL,\n\
+         \x20 `reason` TEXT NOT NULL,\n\
+         \x20 `attempts` INT UNSIGNED NOT NULL DEFAULT 1,\n\
+         \x20 `first_failed_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),\n\
+         \x20 `last_failed_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),\n\
+         \x20 PRIMARY KEY (`id`),\n\
+         \x20 UNIQUE KEY `uq_coordinates` (`kafka_topic`, `kafka_partition`, `kafka_offset`)\n\
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    )
+}
+
+fn values_list(columns: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; columns].join(","));
+    vec![one; rows].join(",")
+}
+
+fn column_list(columns: &[&str]) -> String {
+    columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(",")
+}
+
+/// A multi-row insert of `rows` events that ignores duplicate keys and nothing else.
+///
+/// `INSERT IGNORE` would also turn data errors into warnings and truncate silently; the no-op
+/// `ON DUPLICATE KEY UPDATE` only absorbs a conflicting key. A duplicate counts 0 affected
+/// rows, a new row 1.
+pub fn insert_rows(table: &str, rows: usize) -> String {
+    format!(
+        "INSERT INTO `{table}` ({}) VALUES {} ON DUPLICATE KEY UPDATE `event_id` = `event_id`",
+        column_list(ROW_COLUMNS),
+        values_list(ROW_COLUMNS.len(), rows)
+    )
+}
+
+/// A multi-row insert of dead-letter entries; a repeat of the same coordinates counts another
+/// attempt and keeps the newest reason.
+pub fn insert_dead_letters(table: &str, rows: usize) -> String {
+    format!(
+        "INSERT INTO `{table}` ({}) VALUES {} ON DUPLICATE KEY UPDATE \
+         `attempts` = `attempts` + 1, `last_failed_at` = CURRENT_TIMESTAMP(3), \
+         `error_class` = VALUES(`error_class`), `mysql_errno` = VALUES(`mysql_errno`), \
+         `sqlstate` = VALUES(`sqlstate`), `reason` = VALUES(`reason`)",
+        column_list(DEAD_LETTER_COLUMNS),
+        values_list(DEAD_LETTER_COLUMNS.len(), rows)
+    )
+}
+
+/// Splits rows into consecutive statements that respect both the placeholder limit and a byte
+/// budget (a fraction of the server's `max_allowed_packet`). A row larger than the budget gets
+/// a statement of its own.
+pub fn plan_statements(
+    row_bytes: impl IntoIterator<Item = usize>,
+    columns: usize,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<Range<usize>> {
+    let max_rows = max_rows.min(MAX_PLACEHOLDERS / columns.max(1)).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut n, mut bytes) = (0usize, 0usize, 0usize);
+    for (i, b) in row_bytes.into_iter().enumerate() {
+        if n > 0 && (n == max_rows || bytes + b > max_bytes) {
+            out.push(start..i);
+            (start, n, bytes) = (i, 0, 0);
+        }
+        n += 1;
+        bytes += b;
+    }
+    if n > 0 {
+        out.push(start..start + n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_refuse_sql_metacharacters() {
+        assert!(is_identifier("delivery_events"));
+        assert!(is_identifier("_t1"));
+        for bad in ["", "1abc", "a-b", "a`b", "a;drop table x", "a b", "t'", &"x".repeat(65)] {
+            assert!(!is_identifier(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn insert_has_one_placeholder_per_column_per_row() {
+        let sql = insert_rows("t", 3);
+        assert_eq!(sql.matches('?').count(), 3 * ROW_COLUMNS.len());
+        assert!(sql.contains("ON DUPLICATE KEY UPDATE `event_id` = `event_id`"));
+        assert!(!sql.contains("IGNORE"));
+        assert_eq!(insert_dead_letters("d", 2).matches('?').count(), 2 * DEAD_LETTER_COLUMNS.len());
+    }
+
+    #[test]
+    fn plans_cover_every_row_once_within_limits() {
+        assert!(plan_statements([], 9, 1000, 100).is_empty());
+        assert_eq!(plan_statements([10; 5], 9, 2, 1000), vec![0..2, 2..4, 4..5]);
+        assert_eq!(plan_statements([40, 40, 40], 9, 1000, 100), vec![0..2, 2..3]);
+        assert_eq!(
+            plan_statements([500, 10, 10], 9, 1000, 100),
+            vec![0..1, 1..3],
+            "an oversized row stands alone"
+        );
+        // 65,535 placeholders / 9 columns = 7,281 rows at most.
+        let plan = plan_statements(vec![1; 10_000], 9, usize::MAX, usize::MAX);
+        assert_eq!(plan, vec![0..7281, 7281..10_000]);
+    }
+}
