@@ -1,0 +1,171 @@
+//! The whole configuration of a pipeline instance, as plain serde data.
+//!
+//! Loading (file, environment) is the binary's job; this module only defines the shape, the
+//! defaults and a pure [`Config::validate`]. Every section rejects unknown keys.
+
+use std::time::Duration;
+
+use dp_buffer_redis::RedisBufferConfig;
+use dp_sink_mysql::MysqlSinkConfig;
+use dp_source_kafka::KafkaSourceConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything a `delivery-pipeline run` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This instance's identity: names its Redis keys (`msg:buffer:<instance_id>:…`). Stable
+    /// across restarts of the same pod (a StatefulSet pod name, or the host name). Empty means
+    /// "the host name", filled in by the binary.
+    pub instance_id: String,
+    /// The Kafka source.
+    pub kafka: KafkaSourceConfig,
+    /// The Redis write-ahead buffer.
+    pub redis: RedisBufferConfig,
+    /// The MySQL sink.
+    pub mysql: MysqlSinkConfig,
+    /// Batching.
+    pub buffer: BufferConfig,
+    /// Retrying a batch the sink could not write.
+    pub retry: RetryConfig,
+    /// How long a graceful shutdown may take before the process gives up (what is left stays
+    /// in Redis and is restored on the next start).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            kafka: KafkaSourceConfig::default(),
+            redis: RedisBufferConfig::default(),
+            mysql: MysqlSinkConfig::default(),
+            buffer: BufferConfig::default(),
+            retry: RetryConfig::default(),
+            shutdown_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// When batches are flushed (`[buffer]`, `DP_BUFFER__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Flush when this many records are buffered; also the largest batch. The instance holds at
+    /// most this many records being collected plus one batch being written.
+    pub max_rows: usize,
+    /// Flush when the oldest buffered record has waited this long (`30s`, `500ms`).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self { max_rows: 1000, flush_interval: Duration::from_secs(30) }
+    }
+}
+
+/// Exponential backoff with full jitter for transient sink errors (`[retry]`, `DP_RETRY__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First delay before a retry.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest delay between retries.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Growth factor of the delay.
+    pub multiplier: f32,
+    /// Give up after this many retries and stop the pipeline (nothing is lost: the batch stays
+    /// in Redis and uncommitted in Kafka). Unset: retry for ever.
+    pub max_retries: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+            max_retries: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting without connecting anywhere. The error names the key and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !dp_buffer_redis::is_key_segment(&self.instance_id) {
+            return Err(format!(
+                "instance_id: `{}` must be 1-128 of [A-Za-z0-9._-] (it is part of Redis keys)",
+                self.instance_id
+            ));
+        }
+        self.kafka.validate()?;
+        self.redis.validate()?;
+        self.mysql.validate()?;
+        if self.buffer.max_rows == 0 {
+            return Err("buffer.max_rows: must be at least 1".into());
+        }
+        if self.buffer.max_rows > 100_000 {
+            return Err("buffer.max_rows: at most 100000 (memory holds two batches of this size)".into());
+        }
+        if self.buffer.flush_interval.is_zero() {
+            return Err("buffer.flush_interval: must be greater than zero, e.g. \"30s\"".into());
+        }
+        if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
+            return Err(
+                "retry.initial_backoff / retry.max_backoff: need 0 < initial_backoff <= max_backoff".into()
+            );
+        }
+        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
+            return Err("retry.multiplier: must be a number >= 1".into());
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err("shutdown_timeout: must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config { instance_id: "pod-0".into(), ..Config::default() }
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = valid();
+        c.validate().expect("defaults validate");
+        assert_eq!(c.buffer.max_rows, 1000);
+        assert_eq!(c.buffer.flush_interval, Duration::from_secs(30));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn each_invalid_setting_names_its_key() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("instance_id", Box::new(|c| c.instance_id = "a:b".into())),
+            ("instance_id", Box::new(|c| c.instance_id = String::new())),
+            ("buffer.max_rows", Box::new(|c| c.buffer.max_rows = 0)),
+            ("buffer.flush_interval", Box::new(|c| c.buffer.flush_interval = Duration::ZERO)),
+            ("retry.multiplier", Box::new(|c| c.retry.multiplier = 0.5)),
+            ("retry.initial_backoff", Box::new(|c| c.retry.initial_backoff = Duration::ZERO)),
+            ("shutdown_timeout", Box::new(|c| c.shutdown_timeout = Duration::ZERO)),
+            ("mysql.table", Box::new(|c| c.mysql.table = "x`; DROP".into())),
+            ("kafka.topics", Box::new(|c| c.kafka.topics.clear())),
+            ("redis.url", Box::new(|c| c.redis.url = dp_core::SecretUrl::new("nope"))),
+        ];
+        for (key, mutate) in cases {
+            let mut c = valid();
+            mutate(&mut c);
+            let err = c.validate().expect_err(key);
+            assert!(err.starts_with(key), "expected an error naming {key}, got: {err}");
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The flush loop: consume, write ahead, batch, deliver, acknowledge.
+//!
+//! ```text
+//!  Source::poll ──► Buffer::append (one MSET per chunk) ──► Accumulator (≤ max_rows)
+//!                                                                │ size or interval
+//!                                                                ▼
+//!  Source::acknowledge ◄── Buffer::remove (UNLINK) ◄── Sink::write_batch (one transaction)
+//! ```
+//!
+//! One batch is written while the next one is collected, so consumption goes on during a
+//! flush; when the next batch is full before the previous one is written, polling waits. The
+//! instance therefore holds at most `2 × max_rows` records in memory.
+//!
+//! A batch is acknowledged to the source only after the sink returned `Ok` for every record in
+//! it, and only then are its write-ahead keys deleted: a crash at any point leaves every record
+//! either in the sink, or in the buffer, or uncommitted in the source — usually two of these.
+//! Transient sink errors are retried with exponential backoff and full jitter; a permanent
+//! error splits the batch in halves until the refused records are isolated, which are then
+//! dead-lettered one by one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use dp_core::{
+    Accumulator, Batch, BatchOutcome, Buffer, BufferError, DeadLetter, FlushTrigger, Record, Sink, SinkError,
+    Source,
+};
+use tokio::task::JoinHandle;
+
+use crate::config::{BufferConfig, RetryConfig};
+use crate::stats::{PipelineStats, StatsSnapshot};
+
+/// Why a pipeline stopped other than by a clean shutdown. Nothing is lost in any of these
+/// cases: undelivered records are still in the buffer and uncommitted in the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Reading the write-ahead buffer at startup failed.
+    #[error("restoring buffered records failed: {0}")]
+    Restore(#[source] BufferError),
+    /// The sink kept failing transiently for longer than `retry.max_retries` allows.
+    #[error("sink still failing after {attempts} attempts: {source}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        source: SinkError,
+    },
+    /// The sink refused a record and could not dead-letter it either.
+    #[error("record {topic}/{partition}@{offset} can be neither stored nor dead-lettered: {source}")]
+    Undeliverable {
+        /// Topic of the record.
+        topic: String,
+        /// Partition of the record.
+        partition: i32,
+        /// Offset of the record.
+        offset: i64,
+        /// The dead-letter error.
+        source: SinkError,
+    },
+    /// Draining at shutdown took longer than `shutdown_timeout`.
+    #[error(
+        "shutdown did not finish within {0:?}; undelivered records stay in the buffer for the next start"
+    )]
+    ShutdownTimeout(Duration),
+    /// A flush task panicked or was cancelled.
+    #[error("flush task failed: {0}")]
+    Task(String),
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSummary {
+    /// Final counters.
+    pub stats: StatsSnapshot,
+    /// Wall time of the run, restore included.
+    pub elapsed: Duration,
+}
+
+/// A pipeline ready to run: a source, a write-ahead buffer and a sink.
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    deliverer: Arc<Deliverer>,
+    buffer_config: BufferConfig,
+    shutdown_timeout: Duration,
+}
+
+impl Pipeline {
+    /// Wires the parts together. Nothing runs until [`Pipeline::run`].
+    pub fn new(
+        source: Box<dyn Source>,
+        buffer: Arc<dyn Buffer>,
+        sink: Arc<dyn Sink>,
+        buffer_config: BufferConfig,
+        retry: RetryConfig,
+        shutdown_timeout: Duration,
+    ) -> Self {
+        let deliverer = Arc::new(Deliverer { sink, buffer, retry, stats: Arc::default() });
+        Self { source, deliverer, buffer_config, shutdown_timeout }
+    }
+
+    /// Live counters, to read while the pipeline runs.
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        Arc::clone(&self.deliverer.stats)
+    }
+
+    /// Restores what an earlier run left in the buffer, then consumes until `shutdown`
+    /// completes, then drains: writes what is buffered, commits, and closes every part.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, PipelineError> {
+        let started = Instant::now();
+        let Self { mut source, deliverer, buffer_config, shutdown_timeout } = self;
+        let stats = Arc::clone(&deliverer.stats);
+        restore(&deliverer, buffer_config.max_rows).await?;
+
+        let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
+        let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
+        tokio::pin!(shutdown);
+        loop {
+            PipelineStats::set(&stats.memory_buffered, acc.len() + in_flight.as_ref().map_or(0, |f| f.1));
+            let deadline = acc.deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                done = join(&mut in_flight) => {
+                    in_flight = None;
+                    complete(source.as_mut(), done?);
+                    if let Some(trigger) = acc.due(Instant::now()) {
+                        in_flight = Some(start(&deliverer, &mut acc, trigger));
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {
+                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Interval));
+                }
+                polled = source.poll(acc.room()), if acc.room() > 0 => match polled {
+                    Ok(records) => {
+                        PipelineStats::add(&stats.consumed, records.len());
+                        let keys = match deliverer.buffer.append(&records).await {
+                            Ok(keys) => keys,
+                            Err(e) => {
+                                PipelineStats::add(&stats.buffer_failures, 1);
+                                tracing::warn!(error = %e, records = records.len(), "write-ahead append failed; records held in memory only until delivered");
+                                Vec::new()
+                            }
+                        };
+                        acc.extend(records, keys, Instant::now());
+                        if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
+                            in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "source poll failed; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        }
+
+        tracing::info!(buffered = acc.len(), "shutting down: draining buffered records");
+        let drain = async {
+            if let Some(flight) = in_flight.as_mut() {
+                let done = join_handle(&mut flight.0).await;
+                in_flight = None;
+                complete(source.as_mut(), done?);
+            }
+            if !acc.is_empty() {
+                let batch = acc.take();
+                let done = Arc::clone(&deliverer).deliver(batch, FlushTrigger::Shutdown).await?;
+                complete(source.as_mut(), done);
+            }
+            if let Err(e) = source.commit().await {
+                tracing::warn!(error = %e, "final offset commit failed; the group re-reads from the last commit");
+            }
+            Ok::<(), PipelineError>(())
+        };
+        let drained = tokio::time::timeout(shutdown_timeout, drain).await;
+        if let Some((handle, _)) = in_flight.take() {
+            handle.abort();
+        }
+        if let Err(e) = source.close().await {
+            tracing::warn!(error = %e, "closing the source failed");
+        }
+        if let Err(e) = deliverer.buffer.close().await {
+            tracing::warn!(error = %e, "closing the buffer failed");
+        }
+        if let Err(e) = deliverer.sink.close().await {
+            tracing::warn!(error = %e, "closing the sink failed");
+        }
+        PipelineStats::set(&stats.memory_buffered, 0);
+        match drained {
+            Ok(r) => r?,
+            Err(_) => return Err(PipelineError::ShutdownTimeout(shutdown_timeout)),
+        }
+        Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed() })
+    }
+}
+
+/// Delivers, before anything is consumed, every record an earlier run left in the buffer.
+async fn restore(deliverer: &Arc<Deliverer>, max_rows: usize) -> Result<(), PipelineError> {
+    let restored = deliverer.buffer.restore().await.map_err(PipelineError::Restore)?;
+    if restored.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(records = restored.len(), "restoring records buffered by an earlier run");
+    let mut restored = restored.into_iter().peekable();
+    while restored.peek().is_some() {
+        let (keys, records): (Vec<_>, Vec<_>) = restored.by_ref().take(max_rows).unzip();
+        let n = records.len();
+        Arc::clone(deliverer).deliver(Batch { records, keys }, FlushTrigger::Restore).await?;
+        PipelineStats::add(&deliverer.stats.restored, n);
+    }
+    Ok(())
+}
+
+fn start(
+    deliverer: &Arc<Deliverer>,
+    acc: &mut Accumulator,
+    trigger: FlushTrigger,
+) -> (JoinHandle<Result<Delivered, PipelineError>>, usize) {
+    let batch = acc.take();
+    let n = batch.records.len();
+    (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), n)
+}
+
+fn complete(source: &mut dyn Source, done: Delivered) {
+    let Delivered { batch, outcome, trigger, elapsed } = done;
+    tracing::debug!(
+        trigger = trigger.as_str(),
+        rows = batch.records.len(),
+        inserted = outcome.inserted,
+        duplicates = outcome.duplicates,
+        dead_lettered = outcome.dead_lettered,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "batch delivered"
+    );
+    if let Err(e) = source.acknowledge(&batch.records) {
+        tracing::warn!(error = %e, "storing offsets failed; the group may re-read these records");
+    }
+}
+
+async fn join(
+    in_flight: &mut Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)>,
+) -> Result<Delivered, PipelineError> {
+    match in_flight {
+        Some((handle, _)) => join_handle(handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_handle(
+    handle: &mut JoinHandle<Result<Delivered, PipelineError>>,
+) -> Result<Delivered, PipelineError> {
+    handle.await.map_err(|e| PipelineError::Task(e.to_string()))?
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A batch that reached the sink.
+struct Delivered {
+    batch: Batch,
+    outcome: BatchOutcome,
+    trigger: FlushTrigger,
+    elapsed: Duration,
+}
+
+/// Writes batches: retries, isolation of refused records, write-ahead clean-up.
+struct Deliverer {
+    sink: Arc<dyn Sink>,
+    buffer: Arc<dyn Buffer>,
+    retry: RetryConfig,
+    stats: Arc<PipelineStats>,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Deliverer {
+    async fn deliver(
+        self: Arc<Self>,
+        batch: Batch,
+        trigger: FlushTrigger,
+    ) -> Result<Delivered, PipelineError> {
+        let started = Instant::now();
+        let outcome = self.write(&batch.records).await?;
+        PipelineStats::add(&self.stats.inserted, outcome.inserted);
+        PipelineStats::add(&self.stats.duplicates, outcome.duplicates);
+        PipelineStats::add(&self.stats.dead_lettered, outcome.dead_lettered);
+        PipelineStats::add(&self.stats.batches, 1);
+        if let Err(e) = self.buffer.remove(&batch.keys).await {
+            PipelineStats::add(&self.stats.buffer_failures, 1);
+            tracing::warn!(error = %e, keys = batch.keys.len(), "write-ahead delete failed; the next start re-delivers these records idempotently");
+        }
+        Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
+    }
+
+    /// Writes `records`; on a permanent error, halves the batch until the refused records are
+    /// isolated and dead-letters them: O(k log n) statements for k bad records out of n.
+    fn write<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<BatchOutcome, PipelineError>> {
+        Box::pin(async move {
+            let err = match self.retrying(|| self.sink.write_batch(records)).await? {
+                Ok(outcome) => return Ok(outcome),
+                Err(permanent) => permanent,
+            };
+            if let [record] = records {
+                let entry = DeadLetter {
+                    record: record.clone(),
+                    error_class: "sink_rejected".into(),
+                    code: err.code(),
+                    sqlstate: err.sqlstate().map(str::to_owned),
+                    reason: err.to_string(),
+                };
+                tracing::warn!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "record refused by the sink; dead-lettering it");
+                return match self.retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry))).await? {
+                    Ok(()) => Ok(BatchOutcome { dead_lettered: 1, ..BatchOutcome::default() }),
+                    Err(source) => Err(PipelineError::Undeliverable {
+                        topic: record.topic.to_string(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        source,
+                    }),
+                };
+            }
+            tracing::warn!(rows = records.len(), error = %err, "batch refused; splitting it to isolate the bad records");
+            let (left, right) = records.split_at(records.len() / 2);
+            let mut outcome = self.write(left).await?;
+            outcome += self.write(right).await?;
+            Ok(outcome)
+        })
+    }
+
+    /// Runs `op` until it succeeds or fails permanently (the inner `Err`), backing off
+    /// exponentially with full jitter on transient failures.
+    async fn retrying<'a, T>(
+        &self,
+        mut op: impl FnMut() -> BoxFuture<'a, Result<T, SinkError>>,
+    ) -> Result<Result<T, SinkError>, PipelineError> {
+        let mut schedule = ExponentialBuilder::default()
+            .with_min_delay(self.retry.initial_backoff)
+            .with_max_delay(self.retry.max_backoff)
+            .with_factor(self.retry.multiplier)
+            .without_max_times()
+            .build();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match op().await {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) if !e.is_transient() => return Ok(Err(e)),
+                Err(e) => {
+                    if self.retry.max_retries.is_some_and(|max| attempts > max) {
+                        return Err(PipelineError::RetriesExhausted { attempts, source: e });
+                    }
+                    let cap = schedule.next().unwrap_or(self.retry.max_backoff);
+                    let delay = cap.mul_f64(rand::random::<f64>());
+                    PipelineStats::add(&self.stats.retries, 1);
+                    tracing::warn!(attempt = attempts, delay_ms = delay.as_millis() as u64, error = %e, "sink failed transiently; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

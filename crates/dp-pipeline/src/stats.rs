@@ -1,0 +1,81 @@
+//! Counters of a running pipeline, readable from other tasks while it runs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters. All are totals since start except the `*_buffered` gauges.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Records received from the source.
+    pub consumed: AtomicU64,
+    /// Rows newly written by the sink.
+    pub inserted: AtomicU64,
+    /// Records the sink found already stored.
+    pub duplicates: AtomicU64,
+    /// Records dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Batches delivered.
+    pub batches: AtomicU64,
+    /// Records restored from the write-ahead buffer at startup.
+    pub restored: AtomicU64,
+    /// Sink attempts that failed transiently and were retried.
+    pub retries: AtomicU64,
+    /// Write-ahead appends or removals that failed (records stayed in memory).
+    pub buffer_failures: AtomicU64,
+    /// Records currently held in memory (collecting plus being written).
+    pub memory_buffered: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// See [`PipelineStats::consumed`].
+    pub consumed: u64,
+    /// See [`PipelineStats::inserted`].
+    pub inserted: u64,
+    /// See [`PipelineStats::duplicates`].
+    pub duplicates: u64,
+    /// See [`PipelineStats::dead_lettered`].
+    pub dead_lettered: u64,
+    /// See [`PipelineStats::batches`].
+    pub batches: u64,
+    /// See [`PipelineStats::restored`].
+    pub restored: u64,
+    /// See [`PipelineStats::retries`].
+    pub retries: u64,
+    /// See [`PipelineStats::buffer_failures`].
+    pub buffer_failures: u64,
+    /// See [`PipelineStats::memory_buffered`].
+    pub memory_buffered: u64,
+}
+
+impl PipelineStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            consumed: self.consumed.load(Relaxed),
+            inserted: self.inserted.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            restored: self.restored.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            buffer_failures: self.buffer_failures.load(Relaxed),
+            memory_buffered: self.memory_buffered.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn set(counter: &AtomicU64, n: usize) {
+        counter.store(n as u64, Relaxed);
+    }
+}
+
+impl StatsSnapshot {
+    /// Records accounted for by the sink: stored, already present, or dead-lettered.
+    pub fn delivered(&self) -> u64 {
+        self.inserted + self.duplicates + self.dead_lettered
+    }
+}
