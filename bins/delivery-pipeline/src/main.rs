@@ -1,1 +1,271 @@
-fn main() {}
+//! `delivery-pipeline`: moves delivery-tracking events from Kafka into MySQL in large,
+//! idempotent batches, with a Redis write-ahead backup.
+//!
+//! This file only parses arguments, sets up logging and signals, and calls the libraries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use delivery_pipeline::settings::{self, LogFormat, Settings};
+use delivery_pipeline::{demo, produce};
+use dp_buffer_redis::RedisBuffer;
+use dp_core::{Buffer, Sink};
+use dp_sink_mysql::MysqlSink;
+use dp_source_kafka::KafkaSource;
+
+/// Kafka → MySQL in large, idempotent batches, with a Redis write-ahead backup.
+///
+/// Settings come from built-in defaults, then the file given with --config, then environment
+/// variables prefixed DP_ with __ for nesting (DP_KAFKA__BROKERS sets kafka.brokers). See
+/// docs/configuration.md for every key.
+#[derive(Parser)]
+#[command(name = "delivery-pipeline", version, propagate_version = true)]
+struct Cli {
+    /// TOML settings file.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format; overrides log.format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline until SIGTERM or SIGINT, then drain and exit 0.
+    ///
+    /// On start, records an earlier run of this instance left in Redis are written to MySQL
+    /// before anything is consumed. A second signal during the drain exits at once; what was
+    /// not yet written stays in Redis for the next start.
+    Run,
+    /// Create the events and dead-letter tables if they are missing.
+    Migrate {
+        /// Print the DDL instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the effective settings (passwords redacted) and check that Kafka, Redis and MySQL
+    /// answer. Exits non-zero if any does not.
+    CheckConfig,
+    /// Write synthetic delivery events (~500-byte JSON) to a topic.
+    Produce {
+        /// Topic; defaults to the first of kafka.topics.
+        #[arg(long)]
+        topic: Option<String>,
+        /// How many events.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Events per second; unlimited when unset.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long)]
+        partitions: Option<i32>,
+    },
+    /// Run the whole path end to end against an embedded Kafka broker and the configured
+    /// MySQL and Redis, then print what happened. Needs no Kafka installation.
+    Demo {
+        /// Events to produce and deliver.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Partitions of the demo topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut settings = match settings::load(cli.config.as_deref(), &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(f) = cli.log_format {
+        settings.log.format = f;
+    }
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    let config = settings.pipeline.clone();
+    match command {
+        Command::Run => {
+            let pipeline = dp_pipeline::build(&config).await?;
+            tracing::info!(
+                instance_id = %config.instance_id,
+                topics = ?config.kafka.topics,
+                group_id = %config.kafka.group_id,
+                table = %config.mysql.table,
+                max_rows = config.buffer.max_rows,
+                flush_interval = ?config.buffer.flush_interval,
+                "delivery-pipeline started"
+            );
+            let summary = pipeline.run(shutdown_signal()).await?;
+            tracing::info!(stats = ?summary.stats, elapsed = ?summary.elapsed, "delivery-pipeline stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { dry_run: true } => {
+            for ddl in config.mysql.ddl() {
+                println!("{ddl};\n");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { dry_run: false } => {
+            let mut mysql = config.mysql.clone();
+            mysql.create_table = true;
+            let sink = MysqlSink::connect(&mysql).await?;
+            println!("tables `{}` and `{}` are ready", sink.table(), sink.dead_letter_table());
+            sink.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => check_config(&settings).await,
+        Command::Produce { topic, count, rate, partitions } => {
+            let topic = topic.or_else(|| config.kafka.topics.first().cloned()).context("no topic given")?;
+            if let Some(p) = partitions {
+                produce::ensure_topic(&config.kafka.brokers, &topic, p).await?;
+            }
+            let report = produce::produce(
+                &produce::producer(&config.kafka.brokers)?,
+                &produce::ProduceOptions {
+                    brokers: config.kafka.brokers.clone(),
+                    topic: topic.clone(),
+                    count,
+                    rate,
+                    progress: true,
+                    collect_ids: false,
+                },
+            )
+            .await?;
+            println!(
+                "produced {} events to {topic} in {:.1}s ({:.0}/s)",
+                report.produced,
+                report.elapsed.as_secs_f64(),
+                report.produced as f64 / report.elapsed.as_secs_f64().max(f64::EPSILON)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { count, partitions } => {
+            let report = demo::run(config, demo::DemoOptions { count, partitions }).await?;
+            println!("{report}");
+            let ok = report.rows + report.dead_letters == report.produced && report.redis_keys_left == 0;
+            if !ok {
+                eprintln!("error: the demo did not account for every event");
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let config = &settings.pipeline;
+    println!("# effective settings (passwords redacted)\n{}", settings::to_toml(settings));
+    let timeout = Duration::from_secs(5);
+    let mut failed = false;
+    let mut report = |what: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok    {what}: {detail}"),
+        Err(e) => {
+            failed = true;
+            println!("FAIL  {what}: {e}");
+        }
+    };
+    report(
+        "kafka",
+        KafkaSource::check_connection(&config.kafka, timeout)
+            .await
+            .map(|()| format!("{} answers", config.kafka.brokers))
+            .map_err(|e| e.to_string()),
+    );
+    let redis = match RedisBuffer::connect(&config.redis, &config.instance_id).await {
+        Ok(b) => {
+            let keys = b.count_keys().await.map_err(|e| e.to_string());
+            let _ = b.close().await;
+            keys.map(|n| {
+                format!(
+                    "{} answers; {n} buffered records for instance {}",
+                    config.redis.url, config.instance_id
+                )
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    report("redis", redis);
+    let mut mysql = config.mysql.clone();
+    mysql.create_table = false;
+    let mysql_result = match MysqlSink::connect(&mysql).await {
+        Ok(s) => {
+            let _ = s.close().await;
+            Ok(format!("{} answers; table `{}` has the expected columns", mysql.url, mysql.table))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    report("mysql", mysql_result);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one exits the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested; draining (a second signal exits at once, Redis keeps the buffer)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without draining; buffered records stay in Redis");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -157,6 +157,11 @@ impl RedisBuffer {
         format!("{}*", self.buffer_prefix)
     }
 
+    /// How many write-ahead keys this instance has in Redis now.
+    pub async fn count_keys(&self) -> Result<usize, fred::error::Error> {
+        Ok(self.scan_keys().await?.len())
+    }
+
     async fn scan_keys(&self) -> Result<Vec<String>, fred::error::Error> {
         use futures::TryStreamExt as _;
         let mut keys: Vec<String> = self

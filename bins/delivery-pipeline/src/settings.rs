@@ -1,0 +1,159 @@
+//! Loading the configuration: built-in defaults, then a TOML file, then `DP_` environment
+//! variables (`__` separates nesting: `DP_KAFKA__BROKERS` sets `kafka.brokers`).
+
+use std::path::Path;
+
+use dp_pipeline::Config;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// How the binary logs (`[log]`, `DP_LOG__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,dp_pipeline=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The file format: the pipeline's settings plus the binary's own `[log]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Pipeline settings (all top-level keys but `log`).
+    #[serde(flatten)]
+    pub pipeline: Config,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Loads settings from defaults, `file` (if given) and the `DP_` variables in `env`; fills in
+/// the instance id from the host name when unset; validates. The error is one line naming the
+/// key.
+pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, String> {
+    let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+    if let Some(f) = file {
+        if !f.is_file() {
+            return Err(format!("--config: file {} does not exist", f.display()));
+        }
+        fig = fig.merge(Toml::file_exact(f));
+    }
+    // The same rules as figment's `Env::prefixed("DP_").split("__")`, over the variables passed
+    // in rather than the process environment, so callers (and tests) control the input.
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("DP_") else { continue };
+        let path = rest.to_ascii_lowercase().replace("__", ".");
+        let value: figment::value::Value =
+            value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
+        fig = fig.merge(Serialized::default(&path, value));
+    }
+    let mut settings: Settings = fig.extract().map_err(|e| first_error(&e))?;
+    if settings.pipeline.instance_id.is_empty() {
+        settings.pipeline.instance_id = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .ok_or("instance_id: unset and the host name is not readable; set DP_INSTANCE_ID")?;
+    }
+    settings.pipeline.validate()?;
+    Ok(settings)
+}
+
+fn first_error(e: &figment::Error) -> String {
+    let e = e.clone().into_iter().next().unwrap_or_else(|| e.clone());
+    let key = e.path.join(".");
+    let source = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (in {s})"));
+    if key.is_empty() {
+        format!("{}{}", e.kind, source.unwrap_or_default())
+    } else {
+        format!("{key}: {}{}", e.kind, source.unwrap_or_default())
+    }
+}
+
+/// The effective settings as TOML, passwords redacted.
+pub fn to_toml(settings: &Settings) -> String {
+    toml::to_string_pretty(settings).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        v.push(("DP_INSTANCE_ID".into(), "test-0".into()));
+        v
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "[kafka]\nbrokers = \"file:9092\"\ngroup_id = \"from-file\"\n[buffer]\nmax_rows = 10")
+            .expect("write");
+        let s = load(Some(f.path()), &env(&[("DP_KAFKA__BROKERS", "env:9092"), ("DP_KAFKA__TOPICS", "a,b")]))
+            .expect("loads");
+        let c = &s.pipeline;
+        assert_eq!(c.kafka.brokers, "env:9092", "environment wins over the file");
+        assert_eq!(c.kafka.group_id, "from-file", "the file wins over defaults");
+        assert_eq!(c.kafka.topics, vec!["a", "b"]);
+        assert_eq!(c.buffer.max_rows, 10);
+        assert_eq!(c.buffer.flush_interval, std::time::Duration::from_secs(30));
+        assert_eq!(c.instance_id, "test-0");
+    }
+
+    #[test]
+    fn durations_and_sizes_from_the_environment() {
+        let s = load(None, &env(&[("DP_BUFFER__FLUSH_INTERVAL", "500ms"), ("DP_BUFFER__MAX_ROWS", "250")]))
+            .expect("loads");
+        assert_eq!(s.pipeline.buffer.flush_interval, std::time::Duration::from_millis(500));
+        assert_eq!(s.pipeline.buffer.max_rows, 250);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = load(None, &env(&[("DP_KAFKA__BOGUS", "1")])).expect_err("unknown key");
+        assert!(e.contains("bogus"), "{e}");
+        let e = load(None, &env(&[("DP_BUFFER__FLUSH_INTERVAL", "soon")])).expect_err("bad duration");
+        assert!(e.starts_with("buffer.flush_interval"), "{e}");
+        let e = load(None, &env(&[("DP_BUFFER__FLUSH_INTERVAL", "0s")])).expect_err("zero interval");
+        assert!(e.starts_with("buffer.flush_interval"), "{e}");
+        let e = load(None, &env(&[("DP_BUFFER__MAX_ROWS", "-5")])).expect_err("negative");
+        assert!(e.starts_with("buffer.max_rows"), "{e}");
+        let e = load(None, &env(&[("DP_MYSQL__TABLE", "t`; DROP TABLE x")])).expect_err("bad table");
+        assert!(e.starts_with("mysql.table"), "{e}");
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "[mysql]\nurll = \"x\"").expect("write");
+        let e = load(Some(f.path()), &env(&[])).expect_err("typo in file");
+        assert!(e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn printed_settings_hide_passwords() {
+        let s = load(None, &env(&[("DP_MYSQL__URL", "mysql://app:hunter2@db:3306/x")])).expect("loads");
+        let text = to_toml(&s);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("mysql://app:***@db:3306/x"), "{text}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
