@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use delivery_pipeline::settings::{self, LogFormat, Settings};
+use delivery_pipeline::settings::{self, Settings};
 use delivery_pipeline::{demo, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
+use dp_pipeline::LogFormat;
 use dp_sink_mysql::MysqlSink;
 use dp_source_kafka::KafkaSource;
 
@@ -30,9 +31,17 @@ struct Cli {
     config: Option<PathBuf>,
     /// Log format; overrides log.format.
     #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<CliLogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CliLogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -89,8 +98,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(f) = cli.log_format {
-        settings.log.format = f;
+    match cli.log_format {
+        Some(CliLogFormat::Json) => settings.log.format = LogFormat::Json,
+        Some(CliLogFormat::Text) => settings.log.format = LogFormat::Text,
+        None => {}
     }
     init_logging(&settings);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -121,7 +132,7 @@ fn init_logging(settings: &Settings) {
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
-    let config = settings.pipeline.clone();
+    let config = settings.clone();
     match command {
         Command::Run => {
             let pipeline = dp_pipeline::build(&config).await?;
@@ -191,7 +202,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
 }
 
 async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let config = &settings.pipeline;
+    let config = settings;
     println!("# effective settings (passwords redacted)\n{}", settings::to_toml(settings));
     let timeout = Duration::from_secs(5);
     let mut failed = false;

@@ -6,45 +6,9 @@ use std::path::Path;
 use dp_pipeline::Config;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use serde::{Deserialize, Serialize};
 
-/// How the binary logs (`[log]`, `DP_LOG__*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` (human-readable) or `json` (one object per line).
-    pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `info,dp_pipeline=debug`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// The file format: the pipeline's settings plus the binary's own `[log]` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Pipeline settings (all top-level keys but `log`).
-    #[serde(flatten)]
-    pub pipeline: Config,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogConfig,
-}
+/// The settings file's shape: the pipeline's [`Config`], `[log]` included.
+pub type Settings = Config;
 
 /// Loads settings from defaults, `file` (if given) and the `DP_` variables in `env`; fills in
 /// the instance id from the host name when unset; validates. The error is one line naming the
@@ -67,13 +31,13 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
         fig = fig.merge(Serialized::default(&path, value));
     }
     let mut settings: Settings = fig.extract().map_err(|e| first_error(&e))?;
-    if settings.pipeline.instance_id.is_empty() {
-        settings.pipeline.instance_id = hostname::get()
+    if settings.instance_id.is_empty() {
+        settings.instance_id = hostname::get()
             .ok()
             .and_then(|h| h.into_string().ok())
             .ok_or("instance_id: unset and the host name is not readable; set DP_INSTANCE_ID")?;
     }
-    settings.pipeline.validate()?;
+    settings.validate()?;
     Ok(settings)
 }
 
@@ -113,7 +77,7 @@ mod tests {
             .expect("write");
         let s = load(Some(f.path()), &env(&[("DP_KAFKA__BROKERS", "env:9092"), ("DP_KAFKA__TOPICS", "a,b")]))
             .expect("loads");
-        let c = &s.pipeline;
+        let c = &s;
         assert_eq!(c.kafka.brokers, "env:9092", "environment wins over the file");
         assert_eq!(c.kafka.group_id, "from-file", "the file wins over defaults");
         assert_eq!(c.kafka.topics, vec!["a", "b"]);
@@ -126,8 +90,8 @@ mod tests {
     fn durations_and_sizes_from_the_environment() {
         let s = load(None, &env(&[("DP_BUFFER__FLUSH_INTERVAL", "500ms"), ("DP_BUFFER__MAX_ROWS", "250")]))
             .expect("loads");
-        assert_eq!(s.pipeline.buffer.flush_interval, std::time::Duration::from_millis(500));
-        assert_eq!(s.pipeline.buffer.max_rows, 250);
+        assert_eq!(s.buffer.flush_interval, std::time::Duration::from_millis(500));
+        assert_eq!(s.buffer.max_rows, 250);
     }
 
     #[test]

@@ -32,6 +32,34 @@ pub struct Config {
     /// in Redis and is restored on the next start).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Logging. Read by the binary only: the library never installs a subscriber.
+    pub log: LogConfig,
+}
+
+/// How the binary logs (`[log]`, `DP_LOG__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,dp_pipeline=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -44,6 +72,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),
+            log: LogConfig::default(),
         }
     }
 }

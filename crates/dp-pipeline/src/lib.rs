@@ -19,7 +19,7 @@ mod stats;
 
 use std::sync::Arc;
 
-pub use config::{BufferConfig, Config, RetryConfig};
+pub use config::{BufferConfig, Config, LogConfig, LogFormat, RetryConfig};
 pub use runtime::{Pipeline, PipelineError, RunSummary};
 pub use stats::{PipelineStats, StatsSnapshot};
 

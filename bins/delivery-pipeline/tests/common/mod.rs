@@ -1,0 +1,224 @@
+//! Shared harness of the integration tests: real Kafka (tansu on 127.0.0.1:9092, started by
+//! `scripts/kafka.sh start`), real MariaDB and Redis. Every test gets its own topic, consumer
+//! group, instance id (hence Redis keys) and table, so tests never collide.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use delivery_pipeline::produce::{ProduceOptions, ensure_topic, produce, producer};
+use dp_pipeline::Config;
+use fred::prelude::*;
+use mysql_async::prelude::Queryable;
+
+pub const KAFKA: &str = "127.0.0.1:9092";
+pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Fails loudly, naming the fix, when a service the tests need is not answering.
+pub fn require_services() {
+    for (name, addr, fix) in [
+        ("Kafka", KAFKA, "run `scripts/kafka.sh start`"),
+        ("MariaDB", "127.0.0.1:3306", "start MariaDB (user root, empty password, database test)"),
+        ("Redis", "127.0.0.1:6379", "start redis-server on 127.0.0.1:6379"),
+    ] {
+        let addr = addr.parse().expect("static address");
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+            panic!("{name} is not answering on {addr}: {fix}");
+        }
+    }
+}
+
+/// One test's private names.
+pub struct TestEnv {
+    pub name: String,
+    pub topic: String,
+    pub group: String,
+    pub instance: String,
+    pub table: String,
+    pub key_prefix: String,
+}
+
+impl TestEnv {
+    pub fn new(test: &str) -> Self {
+        require_services();
+        let id = format!(
+            "{test}_{}_{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().as_simple().to_string().get(20..).unwrap_or("x")
+        );
+        Self {
+            topic: format!("t-{}", id.replace('_', "-")),
+            group: format!("g-{id}"),
+            instance: format!("i-{}", id.replace('_', "-")),
+            table: format!("it_{id}"),
+            key_prefix: "msg".into(),
+            name: id,
+        }
+    }
+
+    /// A configuration for this test: its names, short timeouts, a 1 s flush interval.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.instance_id = self.instance.clone();
+        c.kafka.brokers = KAFKA.into();
+        c.kafka.topics = vec![self.topic.clone()];
+        c.kafka.group_id = self.group.clone();
+        c.kafka.session_timeout = Duration::from_secs(6);
+        c.mysql.table = self.table.clone();
+        c.buffer.flush_interval = Duration::from_secs(1);
+        c.shutdown_timeout = Duration::from_secs(20);
+        c
+    }
+
+    /// The same configuration as `DP_` environment variables, for the binary.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DP_INSTANCE_ID".into(), self.instance.clone()),
+            ("DP_KAFKA__BROKERS".into(), KAFKA.into()),
+            ("DP_KAFKA__TOPICS".into(), self.topic.clone()),
+            ("DP_KAFKA__GROUP_ID".into(), self.group.clone()),
+            ("DP_KAFKA__SESSION_TIMEOUT".into(), "6s".into()),
+            ("DP_MYSQL__TABLE".into(), self.table.clone()),
+            ("DP_BUFFER__FLUSH_INTERVAL".into(), "1s".into()),
+            ("DP_SHUTDOWN_TIMEOUT".into(), "20s".into()),
+        ]
+    }
+
+    pub async fn create_topic(&self, partitions: i32) {
+        ensure_topic(KAFKA, &self.topic, partitions).await.expect("create topic");
+    }
+
+    /// Produces `count` synthetic events and returns their event ids.
+    pub async fn produce(&self, count: u64) -> Vec<String> {
+        let p = producer(KAFKA).expect("producer");
+        let report = produce(
+            &p,
+            &ProduceOptions {
+                brokers: KAFKA.into(),
+                topic: self.topic.clone(),
+                count,
+                rate: None,
+                progress: false,
+                collect_ids: true,
+            },
+        )
+        .await
+        .expect("produce");
+        assert_eq!(report.produced, count);
+        report.event_ids
+    }
+
+    pub async fn mysql(&self) -> mysql_async::Conn {
+        let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(MYSQL_URL).expect("url"))
+            .prefer_socket(false);
+        mysql_async::Conn::new(opts).await.expect("mysql connection")
+    }
+
+    pub async fn row_count(&self) -> u64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM `{}`", self.table)).await
+    }
+
+    /// 0 while the table does not exist yet.
+    pub async fn scalar(&self, sql: &str) -> u64 {
+        let mut c = self.mysql().await;
+        match c.query_first::<u64, _>(sql).await {
+            Ok(v) => v.unwrap_or(0),
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => 0,
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+
+    pub async fn event_ids(&self) -> Vec<String> {
+        let mut c = self.mysql().await;
+        c.query(format!("SELECT event_id FROM `{}`", self.table)).await.expect("select event ids")
+    }
+
+    pub async fn redis(&self) -> Client {
+        let c = Client::new(fred::prelude::Config::from_url(REDIS_URL).expect("url"), None, None, None);
+        c.init().await.expect("redis connection");
+        c
+    }
+
+    /// Write-ahead keys of this test's instance.
+    pub async fn redis_keys(&self) -> usize {
+        use futures::TryStreamExt as _;
+        let c = self.redis().await;
+        let keys: Vec<Key> = c
+            .scan_buffered(format!("{}:buffer:{}:*", self.key_prefix, self.instance), Some(1000), None)
+            .try_collect()
+            .await
+            .expect("scan");
+        keys.len()
+    }
+
+    /// Starts the real binary with this test's settings plus `extra` variables.
+    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-pipeline"));
+        cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let log2 = log.try_clone().expect("log file");
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log2));
+        cmd.spawn().expect("spawn delivery-pipeline")
+    }
+
+    pub fn log_path(&self) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        dir.join(format!("{}.log", self.name))
+    }
+
+    pub async fn drop_tables(&self) {
+        let mut c = self.mysql().await;
+        c.query_drop(format!("DROP TABLE IF EXISTS `{0}`, `{0}_dead_letter`", self.table))
+            .await
+            .expect("drop");
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns true; panics with `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !probe().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends SIGKILL (nothing runs after it: no drain, no commit, no cleanup).
+pub fn sigkill(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM and waits up to `limit` for the exit status.
+pub fn sigterm(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    assert!(ok.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "process did not exit within {limit:?} of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn as_set(v: Vec<String>) -> BTreeSet<String> {
+    v.into_iter().collect()
+}
