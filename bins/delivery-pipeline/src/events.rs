@@ -74,7 +74,7 @@ pub fn synthetic_event(seq: u64, rng: &mut impl Rng) -> SyntheticEvent {
         rng.random_range(10..80),
         rng.random_range(10..60),
         rng.random_range(5..40),
-        seq % 5 == 0,
+        seq.is_multiple_of(5),
     );
     const FILLER: &str = "Parcel scanned at sorting facility; handed to linehaul for the next leg. ";
     while payload.len() + 2 < TARGET_SIZE {

@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn each_invalid_setting_names_its_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("instance_id", Box::new(|c| c.instance_id = "a:b".into())),
             ("instance_id", Box::new(|c| c.instance_id = String::new())),
             ("buffer.max_rows", Box::new(|c| c.buffer.max_rows = 0)),

@@ -141,6 +141,9 @@ pub enum MysqlSinkError {
     },
 }
 
+/// Statement text by (dead-letter table?, rows).
+type StatementCache = HashMap<(bool, usize), Arc<str>>;
+
 /// The MySQL sink. Cheap to clone; clones share one pool.
 #[derive(Clone)]
 pub struct MysqlSink {
@@ -149,7 +152,7 @@ pub struct MysqlSink {
     dead_letter_table: Arc<str>,
     mapping: Arc<Mapping>,
     max_statement_bytes: usize,
-    statements: Arc<Mutex<HashMap<(bool, usize), Arc<str>>>>,
+    statements: Arc<Mutex<StatementCache>>,
 }
 
 /// MySQL error codes that report a data error in a row, whatever their SQLSTATE.

@@ -62,8 +62,7 @@ impl TestEnv {
 
     /// A configuration for this test: its names, short timeouts, a 1 s flush interval.
     pub fn config(&self) -> Config {
-        let mut c = Config::default();
-        c.instance_id = self.instance.clone();
+        let mut c = Config { instance_id: self.instance.clone(), ..Config::default() };
         c.kafka.brokers = KAFKA.into();
         c.kafka.topics = vec![self.topic.clone()];
         c.kafka.group_id = self.group.clone();
