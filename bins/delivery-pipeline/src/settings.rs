@@ -113,6 +113,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads_and_matches_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config/delivery-pipeline.example.toml");
+        let s = load(Some(&path), &env(&[])).expect("the shipped example loads");
+        let d = load(None, &env(&[])).expect("defaults load");
+        assert_eq!(to_toml(&s), to_toml(&d), "the example documents the defaults");
+    }
+
+    #[test]
     fn printed_settings_hide_passwords() {
         let s = load(None, &env(&[("DP_MYSQL__URL", "mysql://app:hunter2@db:3306/x")])).expect("loads");
         let text = to_toml(&s);

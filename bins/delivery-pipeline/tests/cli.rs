@@ -1,0 +1,84 @@
+//! The command line as a user meets it: the README's demo, help, exit codes, check-config.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-pipeline"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DP_INSTANCE_ID", "cli-test");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run delivery-pipeline")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn the_demo_delivers_every_event_and_leaves_redis_empty() {
+    common::require_services();
+    let o = run(&["demo", "--count", "3000", "--partitions", "3"], &[("DP_INSTANCE_ID", "cli-demo")]);
+    let out = text(&o);
+    assert!(o.status.success(), "demo failed:\n{out}");
+    assert!(out.contains("events produced        3000"), "{out}");
+    assert!(out.contains("rows in MySQL          3000"), "{out}");
+    assert!(out.contains("Redis keys left        0"), "{out}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "migrate", "check-config", "produce", "demo"] {
+        let o = run(&[sub, "--help"], &[]);
+        assert!(o.status.success(), "{sub} --help failed");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: delivery-pipeline"), "{sub}");
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_2_with_one_line_naming_the_key() {
+    let o = run(&["run"], &[("DP_BUFFER__FLUSH_INTERVAL", "0s")]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: invalid configuration: buffer.flush_interval"), "{err}");
+    let o = run(&["run"], &[("DP_MYSQL__TABLE", "x; DROP TABLE y")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mysql.table"));
+}
+
+#[test]
+fn migrate_dry_run_prints_the_ddl() {
+    let o = run(&["migrate", "--dry-run"], &[("DP_MYSQL__TABLE", "shipments")]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(out.contains("CREATE TABLE IF NOT EXISTS `shipments`"), "{out}");
+    assert!(out.contains("UNIQUE KEY `uq_event_id` (`event_id`)"), "{out}");
+    assert!(out.contains("CREATE TABLE IF NOT EXISTS `shipments_dead_letter`"), "{out}");
+}
+
+#[test]
+fn check_config_redacts_passwords_and_reports_unreachable_services() {
+    let o = run(
+        &["check-config"],
+        &[
+            ("DP_MYSQL__URL", "mysql://app:hunter2@127.0.0.1:1/test"),
+            ("DP_MYSQL__CONNECT_TIMEOUT", "2s"),
+            ("DP_KAFKA__BROKERS", "127.0.0.1:1"),
+            ("DP_REDIS__URL", "redis://127.0.0.1:1"),
+            ("DP_REDIS__CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(!out.contains("hunter2"), "password printed:\n{out}");
+    assert!(out.contains("mysql://app:***@127.0.0.1:1/test"), "{out}");
+    for svc in ["kafka", "redis", "mysql"] {
+        assert!(out.contains(&format!("FAIL  {svc}")), "{svc} must be reported unreachable:\n{out}");
+    }
+}
