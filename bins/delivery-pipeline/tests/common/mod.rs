@@ -55,7 +55,7 @@ impl TestEnv {
             group: format!("g-{id}"),
             instance: format!("i-{}", id.replace('_', "-")),
             table: format!("it_{id}"),
-            key_prefix: "msg".into(),
+            key_prefix: format!("it{}", &id[id.len().saturating_sub(12)..]),
             name: id,
         }
     }
@@ -68,6 +68,7 @@ impl TestEnv {
         c.kafka.group_id = self.group.clone();
         c.kafka.session_timeout = Duration::from_secs(6);
         c.mysql.table = self.table.clone();
+        c.redis.key_prefix = self.key_prefix.clone();
         c.buffer.flush_interval = Duration::from_secs(1);
         c.shutdown_timeout = Duration::from_secs(20);
         c
@@ -82,6 +83,7 @@ impl TestEnv {
             ("DP_KAFKA__GROUP_ID".into(), self.group.clone()),
             ("DP_KAFKA__SESSION_TIMEOUT".into(), "6s".into()),
             ("DP_MYSQL__TABLE".into(), self.table.clone()),
+            ("DP_REDIS__KEY_PREFIX".into(), self.key_prefix.clone()),
             ("DP_BUFFER__FLUSH_INTERVAL".into(), "1s".into()),
             ("DP_SHUTDOWN_TIMEOUT".into(), "20s".into()),
         ]
