@@ -20,8 +20,8 @@ use crate::produce::{ProduceOptions, produce, producer};
 pub struct DemoOptions {
     /// Events to produce and deliver.
     pub count: u64,
-    /// Partitions of the demo topic.
-    pub partitions: i32,
+    /// Partitions of the demo topic; `None` sizes them automatically.
+    pub partitions: Option<i32>,
 }
 
 /// What the demo saw.
@@ -37,6 +37,8 @@ pub struct DemoReport {
     pub batches: u64,
     /// Time from the pipeline's start to its clean stop.
     pub pipeline_time: Duration,
+    /// Time from the first record consumed to the clean stop (group join excluded).
+    pub delivery_time: Duration,
     /// `msg:buffer:<instance>:*` keys left in Redis.
     pub redis_keys_left: usize,
 }
@@ -44,9 +46,21 @@ pub struct DemoReport {
 /// Runs the demo with `config`'s MySQL and Redis settings; Kafka is the embedded mock broker,
 /// and the table is `demo_delivery_events`, recreated for each run.
 pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoReport> {
+    let needed = min_partitions(opts.count);
+    let partitions = match opts.partitions {
+        None => needed.max(4),
+        Some(p) if p < needed => {
+            println!(
+                "using {needed} partitions instead of {p}: the embedded broker keeps at most {} MiB per partition",
+                MOCK_PARTITION_BYTES >> 20
+            );
+            needed
+        }
+        Some(p) => p,
+    };
     let cluster = MockCluster::new(1).context("cannot start the embedded kafka broker")?;
     let topic = "demo-delivery-events";
-    cluster.create_topic(topic, opts.partitions, 1).context("cannot create the demo topic")?;
+    cluster.create_topic(topic, partitions, 1).context("cannot create the demo topic")?;
     let brokers = cluster.bootstrap_servers();
     config.kafka.brokers = brokers.clone();
     config.kafka.topics = vec![topic.into()];
@@ -58,7 +72,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     config.validate().map_err(anyhow::Error::msg)?;
     reset_tables(&config).await?;
 
-    println!("embedded kafka broker at {brokers}; topic {topic} with {} partitions", opts.partitions);
+    println!("embedded kafka broker at {brokers}; topic {topic} with {partitions} partitions");
     let produced = produce(
         &producer(&brokers)?,
         &ProduceOptions {
@@ -88,18 +102,35 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     );
     bar.set_message("delivering");
     let target = produced.produced;
+    let first_consumed = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let watch = {
         let bar = bar.clone();
         let stats = std::sync::Arc::clone(&stats);
+        let first_consumed = std::sync::Arc::clone(&first_consumed);
         async move {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while stats.snapshot().consumed < target && Instant::now() < deadline {
-                bar.set_position(stats.snapshot().delivered());
+            // Stop when everything was consumed, or when nothing new arrived for a minute (the
+            // report then shows what is missing).
+            let (mut last, mut since) = (0, Instant::now());
+            loop {
+                let s = stats.snapshot();
+                bar.set_position(s.delivered());
+                if s.consumed > 0 {
+                    if let Ok(mut f) = first_consumed.lock() {
+                        f.get_or_insert_with(Instant::now);
+                    }
+                }
+                if s.consumed >= target || since.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                if s.consumed != last {
+                    (last, since) = (s.consumed, Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
     let summary = pipeline.run(watch).await?;
+    let delivery_time = first_consumed.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
     bar.finish_and_clear();
 
     let pool = mysql_async::Pool::new(
@@ -121,8 +152,20 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
         dead_letters,
         batches: summary.stats.batches,
         pipeline_time: summary.elapsed,
+        delivery_time,
         redis_keys_left,
     })
+}
+
+/// librdkafka's mock broker drops a partition's oldest messages beyond 5 MiB or 100,000
+/// messages (`rdkafka_mock.c`); the demo keeps each partition well below both.
+const MOCK_PARTITION_BYTES: u64 = 5 << 20;
+
+fn min_partitions(count: u64) -> i32 {
+    let per_message = crate::events::TARGET_SIZE as u64 + 100; // payload, key, record overhead
+    let by_bytes = (count * per_message).div_ceil(MOCK_PARTITION_BYTES * 7 / 10);
+    let by_count = count.div_ceil(70_000);
+    by_bytes.max(by_count).clamp(1, 1024) as i32
 }
 
 async fn reset_tables(config: &Config) -> anyhow::Result<()> {
@@ -138,15 +181,35 @@ async fn reset_tables(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_stay_within_the_mock_brokers_retention() {
+        assert_eq!(min_partitions(1_000), 1);
+        for count in [20_000u64, 100_000, 1_000_000] {
+            let p = min_partitions(count) as u64;
+            assert!(count * 600 / p < MOCK_PARTITION_BYTES, "{count} events over {p} partitions");
+            assert!(count / p < 100_000);
+        }
+    }
+}
+
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.pipeline_time.as_secs_f64().max(f64::EPSILON);
+        let delivery = self.delivery_time.as_secs_f64().max(f64::EPSILON);
         writeln!(f, "events produced        {}", self.produced)?;
         writeln!(f, "rows in MySQL          {}  (table demo_delivery_events)", self.rows)?;
         writeln!(f, "dead letters           {}", self.dead_letters)?;
         writeln!(f, "batches                {}", self.batches)?;
-        writeln!(f, "pipeline time          {secs:.1}s (includes joining the consumer group)")?;
-        writeln!(f, "rows/s                 {:.0}", self.rows as f64 / secs)?;
+        writeln!(
+            f,
+            "pipeline time          {:.1}s (includes joining the consumer group)",
+            self.pipeline_time.as_secs_f64()
+        )?;
+        writeln!(f, "delivery time          {delivery:.1}s (first record consumed to last batch committed)")?;
+        writeln!(f, "rows/s                 {:.0}  (over the delivery time)", self.rows as f64 / delivery)?;
         write!(f, "Redis keys left        {}", self.redis_keys_left)
     }
 }

@@ -82,9 +82,10 @@ enum Command {
         /// Events to produce and deliver.
         #[arg(long, default_value_t = 100_000)]
         count: u64,
-        /// Partitions of the demo topic.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
+        /// Partitions of the demo topic. Default: enough that no partition exceeds what the
+        /// embedded broker keeps (5 MiB), at least 4; a smaller value is raised.
+        #[arg(long)]
+        partitions: Option<i32>,
     },
 }
 

@@ -88,6 +88,45 @@ pub fn create_dead_letter_table(table: &str) -> String {
     )
 }
 
+/// `CREATE TABLE IF NOT EXISTS` for the offset watermark: per consumer group and partition, the
+/// next offset to consume, written in the same transaction as the rows it covers.
+pub fn create_offsets_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
+         \x20 `consumer_group` VARCHAR(255) NOT NULL,\n\
+         \x20 `topic` VARCHAR(249) NOT NULL,\n\
+         \x20 `kafka_partition` INT NOT NULL,\n\
+         \x20 `next_offset` BIGINT NOT NULL COMMENT 'every offset below this is stored or dead-lettered',\n\
+         \x20 `updated_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),\n\
+         \x20 PRIMARY KEY (`consumer_group`, `topic`, `kafka_partition`)\n\
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    )
+}
+
+/// Reads (and locks, for the rest of the transaction) the watermarks of `partitions`
+/// partitions of one consumer group. Parameters: the group, then topic and partition pairs.
+pub fn lock_offsets(table: &str, partitions: usize) -> String {
+    format!(
+        "SELECT `topic`, `kafka_partition`, `next_offset` FROM `{table}` \
+         WHERE `consumer_group` = ? AND (`topic`, `kafka_partition`) IN ({}) FOR UPDATE",
+        vec!["(?,?)"; partitions.max(1)].join(",")
+    )
+}
+
+/// Reads the watermarks of one group's partitions without locking.
+pub fn read_offsets(table: &str, partitions: usize) -> String {
+    lock_offsets(table, partitions).replace(" FOR UPDATE", "")
+}
+
+/// Raises the watermarks of `partitions` partitions; never lowers one.
+pub fn advance_offsets(table: &str, partitions: usize) -> String {
+    format!(
+        "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`) VALUES {} \
+         ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`next_offset`, VALUES(`next_offset`))",
+        values_list(4, partitions)
+    )
+}
+
 fn values_list(columns: usize, rows: usize) -> String {
     let one = format!("({})", vec!["?"; columns].join(","));
     vec![one; rows].join(",")
@@ -169,6 +208,17 @@ mod tests {
         assert!(sql.contains("ON DUPLICATE KEY UPDATE `event_id` = `event_id`"));
         assert!(!sql.contains("IGNORE"));
         assert_eq!(insert_dead_letters("d", 2).matches('?').count(), 2 * DEAD_LETTER_COLUMNS.len());
+    }
+
+    #[test]
+    fn watermark_statements_lock_and_only_raise() {
+        let lock = lock_offsets("o", 3);
+        assert_eq!(lock.matches('?').count(), 1 + 3 * 2);
+        assert!(lock.ends_with("FOR UPDATE"));
+        assert!(!read_offsets("o", 3).contains("FOR UPDATE"));
+        let adv = advance_offsets("o", 2);
+        assert_eq!(adv.matches('?').count(), 8);
+        assert!(adv.contains("GREATEST(`next_offset`, VALUES(`next_offset`))"));
     }
 
     #[test]
