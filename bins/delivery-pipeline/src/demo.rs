@@ -114,10 +114,10 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
             loop {
                 let s = stats.snapshot();
                 bar.set_position(s.delivered());
-                if s.consumed > 0 {
-                    if let Ok(mut f) = first_consumed.lock() {
-                        f.get_or_insert_with(Instant::now);
-                    }
+                if s.consumed > 0
+                    && let Ok(mut f) = first_consumed.lock()
+                {
+                    f.get_or_insert_with(Instant::now);
                 }
                 if s.consumed >= target || since.elapsed() > Duration::from_secs(60) {
                     break;
@@ -181,21 +181,6 @@ async fn reset_tables(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_stay_within_the_mock_brokers_retention() {
-        assert_eq!(min_partitions(1_000), 1);
-        for count in [20_000u64, 100_000, 1_000_000] {
-            let p = min_partitions(count) as u64;
-            assert!(count * 600 / p < MOCK_PARTITION_BYTES, "{count} events over {p} partitions");
-            assert!(count / p < 100_000);
-        }
-    }
-}
-
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let delivery = self.delivery_time.as_secs_f64().max(f64::EPSILON);
@@ -211,5 +196,20 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "delivery time          {delivery:.1}s (first record consumed to last batch committed)")?;
         writeln!(f, "rows/s                 {:.0}  (over the delivery time)", self.rows as f64 / delivery)?;
         write!(f, "Redis keys left        {}", self.redis_keys_left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_stay_within_the_mock_brokers_retention() {
+        assert_eq!(min_partitions(1_000), 1);
+        for count in [20_000u64, 100_000, 1_000_000] {
+            let p = min_partitions(count) as u64;
+            assert!(count * 600 / p < MOCK_PARTITION_BYTES, "{count} events over {p} partitions");
+            assert!(count / p < 100_000);
+        }
     }
 }
