@@ -157,11 +157,27 @@ pub trait Sink: Send + Sync {
     }
 }
 
+/// Durable progress recorded outside the source: for each partition, the next offset whose
+/// record is not yet stored. A source consults it when it is assigned a partition, and starts
+/// reading from the larger of this and its own committed position, so records the store
+/// already holds are not read (and written) again.
+#[async_trait]
+pub trait Watermarks: Send + Sync {
+    /// Next offsets of `partitions` (topic, partition); partitions without one are left out.
+    async fn next_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<(String, i32, i64)>, SinkError>;
+}
+
 #[cfg(test)]
 mod object_safety {
     use super::*;
 
     // Compiles only while the traits stay object safe.
     #[allow(dead_code)]
-    fn boxed(_: Box<dyn Source>, _: std::sync::Arc<dyn Buffer>, _: std::sync::Arc<dyn Sink>) {}
+    fn boxed(
+        _: Box<dyn Source>,
+        _: std::sync::Arc<dyn Buffer>,
+        _: std::sync::Arc<dyn Sink>,
+        _: std::sync::Arc<dyn Watermarks>,
+    ) {
+    }
 }

@@ -19,6 +19,8 @@ mod stats;
 
 use std::sync::Arc;
 
+use dp_core::Watermarks;
+
 pub use config::{BufferConfig, Config, LogConfig, LogFormat, RetryConfig};
 pub use runtime::{Pipeline, PipelineError, RunSummary};
 pub use stats::{PipelineStats, StatsSnapshot};
@@ -45,9 +47,11 @@ pub enum BuildError {
 /// creates the Kafka consumer.
 pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
     config.validate().map_err(BuildError::Config)?;
-    let sink = dp_sink_mysql::MysqlSink::connect(&config.mysql).await?;
+    let sink =
+        dp_sink_mysql::MysqlSink::connect(&config.mysql).await?.with_consumer_group(&config.kafka.group_id);
     let buffer = dp_buffer_redis::RedisBuffer::connect(&config.redis, &config.instance_id).await?;
-    let source = dp_source_kafka::KafkaSource::new(&config.kafka)?;
+    let source = dp_source_kafka::KafkaSource::new(&config.kafka)?
+        .with_watermarks(Arc::new(sink.clone()) as Arc<dyn Watermarks>);
     Ok(Pipeline::new(
         Box::new(source),
         Arc::new(buffer),

@@ -15,12 +15,12 @@
 pub mod mapping;
 pub mod sql;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{BatchOutcome, DeadLetter, Record, SecretUrl, Sink, SinkError, encode_record};
+use dp_core::{BatchOutcome, DeadLetter, Record, SecretUrl, Sink, SinkError, Watermarks, encode_record};
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,9 @@ pub struct MysqlSinkConfig {
     pub dead_letter_table: Option<String>,
     /// Create both tables at startup if they are missing.
     pub create_table: bool,
+    /// Offset watermark table (`pipeline_offsets`): per consumer group and partition, the next
+    /// offset to consume, written in the same transaction as the rows.
+    pub offsets_table: String,
     /// Payload field holding the idempotency key.
     pub event_id_field: String,
     /// Payloads larger than this are dead-lettered instead of inserted.
@@ -56,6 +59,7 @@ impl Default for MysqlSinkConfig {
             url: SecretUrl::new("mysql://root@127.0.0.1:3306/test"),
             table: "delivery_events".into(),
             dead_letter_table: None,
+            offsets_table: "pipeline_offsets".into(),
             create_table: true,
             event_id_field: "event_id".into(),
             max_payload_bytes: 4 * 1024 * 1024,
@@ -90,6 +94,12 @@ impl MysqlSinkConfig {
                 self.dead_letter_table()
             ));
         }
+        if !sql::is_identifier(&self.offsets_table) {
+            return Err(format!(
+                "mysql.offsets_table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_])",
+                self.offsets_table
+            ));
+        }
         if self.event_id_field.is_empty() {
             return Err("mysql.event_id_field: must not be empty".into());
         }
@@ -107,7 +117,11 @@ impl MysqlSinkConfig {
 
     /// The statements `migrate` runs.
     pub fn ddl(&self) -> Vec<String> {
-        vec![sql::create_table(&self.table), sql::create_dead_letter_table(&self.dead_letter_table())]
+        vec![
+            sql::create_table(&self.table),
+            sql::create_dead_letter_table(&self.dead_letter_table()),
+            sql::create_offsets_table(&self.offsets_table),
+        ]
     }
 }
 
@@ -150,6 +164,8 @@ pub struct MysqlSink {
     pool: Pool,
     table: Arc<str>,
     dead_letter_table: Arc<str>,
+    offsets_table: Arc<str>,
+    consumer_group: Option<Arc<str>>,
     mapping: Arc<Mapping>,
     max_statement_bytes: usize,
     statements: Arc<Mutex<StatementCache>>,
@@ -218,6 +234,12 @@ impl MysqlSink {
         }
         check_columns(&mut conn, &config.table, sql::ROW_COLUMNS).await?;
         check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
+        check_columns(
+            &mut conn,
+            &config.offsets_table,
+            &["consumer_group", "topic", "kafka_partition", "next_offset"],
+        )
+        .await?;
         drop(conn);
         // Leave room for the statement text and protocol framing.
         let max_statement_bytes = (max_packet.unwrap_or(4 << 20) as usize / 2).max(64 * 1024);
@@ -225,6 +247,8 @@ impl MysqlSink {
             pool,
             table: Arc::from(config.table.as_str()),
             dead_letter_table: Arc::from(dlq.as_str()),
+            offsets_table: Arc::from(config.offsets_table.as_str()),
+            consumer_group: None,
             mapping: Arc::new(Mapping {
                 event_id_field: config.event_id_field.clone(),
                 max_payload_bytes: config.max_payload_bytes,
@@ -232,6 +256,36 @@ impl MysqlSink {
             max_statement_bytes,
             statements: Arc::default(),
         })
+    }
+
+    /// Keeps an offset watermark for `group`: each batch raises, in its own transaction, the
+    /// group's next offset of every partition it covers, and skips records below it. A replay
+    /// of records already stored — after a lost Kafka commit, a restore, a rebalance overlap —
+    /// then inserts nothing, even into a table without a unique key.
+    pub fn with_consumer_group(mut self, group: &str) -> Self {
+        self.consumer_group = Some(Arc::from(group));
+        self
+    }
+
+    /// The watermarks of `partitions` for the configured group (next offset to consume);
+    /// partitions without one are absent.
+    pub async fn watermarks(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(String, i32, i64)>, SinkError> {
+        let Some(group) = &self.consumer_group else { return Ok(Vec::new()) };
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.begin().await?;
+        let mut params: Vec<Value> = vec![Value::from(&**group)];
+        for (t, p) in partitions {
+            params.push(Value::from(t.as_str()));
+            params.push(Value::from(*p));
+        }
+        conn.exec(sql::read_offsets(&self.offsets_table, partitions.len()), params)
+            .await
+            .map_err(|e| classify("cannot read offset watermarks", e))
     }
 
     /// The connection pool, for callers that share it.
@@ -334,6 +388,58 @@ impl MysqlSink {
         Ok(())
     }
 
+    /// Locks and reads the watermarks of the partitions in `records`, for the transaction.
+    async fn lock_watermarks(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: &[Record],
+    ) -> Result<HashMap<String, HashMap<i32, i64>>, SinkError> {
+        let mut marks: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        let Some(group) = &self.consumer_group else { return Ok(marks) };
+        let partitions: BTreeSet<(&str, i32)> = records.iter().map(|r| (&*r.topic, r.partition)).collect();
+        let mut params: Vec<Value> = Vec::with_capacity(1 + partitions.len() * 2);
+        params.push(Value::from(&**group));
+        for (t, p) in &partitions {
+            params.push(Value::from(*t));
+            params.push(Value::from(*p));
+        }
+        let found: Vec<(String, i32, i64)> = tx
+            .exec(sql::lock_offsets(&self.offsets_table, partitions.len()), params)
+            .await
+            .map_err(|e| classify("cannot lock offset watermarks", e))?;
+        for (t, p, w) in found {
+            marks.entry(t).or_default().insert(p, w);
+        }
+        Ok(marks)
+    }
+
+    /// Raises each partition's watermark to one past the highest offset of `records` in it.
+    async fn advance_watermarks<'r>(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: impl Iterator<Item = &'r Record>,
+    ) -> Result<(), SinkError> {
+        let Some(group) = &self.consumer_group else { return Ok(()) };
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in records {
+            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<Value> = Vec::with_capacity(next.len() * 4);
+        for ((t, p), o) in &next {
+            params.push(Value::from(&**group));
+            params.push(Value::from(*t));
+            params.push(Value::from(*p));
+            params.push(Value::from(*o));
+        }
+        tx.exec_drop(sql::advance_offsets(&self.offsets_table, next.len()), params)
+            .await
+            .map_err(|e| classify("cannot advance offset watermarks", e))
+    }
+
     async fn begin(&self) -> Result<mysql_async::Conn, SinkError> {
         self.pool.get_conn().await.map_err(|e| classify("cannot get a mysql connection", e))
     }
@@ -390,6 +496,13 @@ async fn check_columns(
 }
 
 #[async_trait]
+impl Watermarks for MysqlSink {
+    async fn next_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<(String, i32, i64)>, SinkError> {
+        self.watermarks(partitions).await
+    }
+}
+
+#[async_trait]
 impl Sink for MysqlSink {
     async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
         if records.is_empty() {
@@ -414,13 +527,21 @@ impl Sink for MysqlSink {
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
+        let marks = self.lock_watermarks(&mut tx, records).await?;
+        let fresh = |r: &Record| {
+            marks.get(&*r.topic).and_then(|ps| ps.get(&r.partition)).is_none_or(|&w| r.offset >= w)
+        };
+        rows.retain(|(r, _)| fresh(r));
+        rejected.retain(|d| fresh(&d.record));
         let inserted = self.insert_rows(&mut tx, &rows).await?;
         self.insert_dead_letters(&mut tx, &rejected).await?;
+        self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
+        let dead_lettered = rejected.len();
         Ok(BatchOutcome {
             inserted,
-            duplicates: rows.len() - inserted.min(rows.len()),
-            dead_lettered: rejected.len(),
+            duplicates: records.len().saturating_sub(inserted + dead_lettered),
+            dead_lettered,
         })
     }
 
@@ -434,6 +555,7 @@ impl Sink for MysqlSink {
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
         self.insert_dead_letters(&mut tx, entries).await?;
+        self.advance_watermarks(&mut tx, entries.iter().map(|d| &d.record)).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))
     }
 

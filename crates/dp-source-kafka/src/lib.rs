@@ -15,12 +15,12 @@
 
 mod config;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{Header, OffsetTracker, Record, Source, SourceError};
+use dp_core::{Header, OffsetTracker, Record, Source, SourceError, Watermarks};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -62,10 +62,12 @@ pub enum KafkaSourceError {
     },
 }
 
-/// Partitions revoked by a rebalance, handed from the client's callback to the source.
+/// Partitions revoked and assigned by rebalances, handed from the client's callback (which
+/// runs inside `recv`) to the source.
 #[derive(Default)]
 struct RebalanceContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -85,6 +87,9 @@ impl ConsumerContext for RebalanceContext {
                 let parts: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 tracing::info!(partitions = ?parts, "kafka partitions assigned");
+                if let Ok(mut assigned) = self.assigned.lock() {
+                    assigned.extend(parts);
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
         }
@@ -99,6 +104,11 @@ pub struct KafkaSource {
     pending: Vec<Record>,
     linger: Duration,
     linger_deadline: Option<Instant>,
+    watermarks: Option<Arc<dyn Watermarks>>,
+    /// Assigned partitions whose start position was not yet checked against the watermarks.
+    unchecked: HashSet<(String, i32)>,
+    /// Records of unchecked partitions, waiting for that check.
+    held: Vec<Record>,
 }
 
 impl KafkaSource {
@@ -120,7 +130,18 @@ impl KafkaSource {
             pending: Vec::new(),
             linger: config.poll_linger,
             linger_deadline: None,
+            watermarks: None,
+            unchecked: HashSet::new(),
+            held: Vec::new(),
         })
+    }
+
+    /// Starts each newly assigned partition at the larger of Kafka's committed offset and the
+    /// watermark `store` reports, so records already stored are not read again even when the
+    /// Kafka commit was lost.
+    pub fn with_watermarks(mut self, store: Arc<dyn Watermarks>) -> Self {
+        self.watermarks = Some(store);
+        self
     }
 
     /// Asks the brokers for metadata, to check they answer.
@@ -144,14 +165,69 @@ impl KafkaSource {
         self.tracker.pending()
     }
 
-    fn take_revocations(&mut self) {
-        let revoked = match self.consumer.context().revoked.lock() {
-            Ok(mut r) => std::mem::take(&mut *r),
-            Err(_) => return,
-        };
+    fn take_rebalances(&mut self) {
+        let ctx = self.consumer.context();
+        let revoked = ctx.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        let assigned = ctx.assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
         for (topic, partition) in revoked {
             self.tracker.forget(&topic, partition);
+            self.held.retain(|r| !(*r.topic == *topic && r.partition == partition));
+            self.unchecked.remove(&(topic, partition));
         }
+        if self.watermarks.is_some() {
+            self.unchecked.extend(assigned);
+        }
+    }
+
+    fn accept(&mut self, record: Record) {
+        self.tracker.register(&record.topic, record.partition, record.offset);
+        self.pending.push(record);
+    }
+
+    /// Checks held records' partitions against the watermarks: a partition whose watermark is
+    /// ahead of the first record read is moved forward to it (`seek`), and what was read below
+    /// it is dropped; records at or above it are accepted.
+    async fn check_held(&mut self) -> Result<(), SourceError> {
+        let Some(store) = self.watermarks.clone() else { return Ok(()) };
+        let wanted: Vec<(String, i32)> = self
+            .held
+            .iter()
+            .map(|r| (r.topic.to_string(), r.partition))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let marks = store.next_offsets(&wanted).await.map_err(|e| {
+            SourceError::transient("cannot read start positions from the watermark store").with_source(e)
+        })?;
+        let mark = |t: &str, p: i32| marks.iter().find(|(mt, mp, _)| mt == t && *mp == p).map(|m| m.2);
+        let mut seeked: HashSet<(String, i32)> = HashSet::new();
+        for (topic, partition) in &wanted {
+            let first =
+                self.held.iter().find(|r| *r.topic == **topic && r.partition == *partition).map(|r| r.offset);
+            if let (Some(w), Some(first)) = (mark(topic, *partition), first)
+                && first < w
+            {
+                tracing::info!(
+                    topic,
+                    partition,
+                    kafka_position = first,
+                    watermark = w,
+                    "partition starts at the stored watermark, ahead of kafka's committed offset"
+                );
+                self.consumer.seek(topic, *partition, Offset::Offset(w), Duration::from_secs(10)).map_err(
+                    |e| SourceError::transient("cannot seek to the stored watermark").with_source(e),
+                )?;
+                seeked.insert((topic.clone(), *partition));
+            }
+            self.unchecked.remove(&(topic.clone(), *partition));
+        }
+        // After a seek the client re-reads from the watermark, so nothing read before it is kept.
+        for r in std::mem::take(&mut self.held) {
+            if !seeked.contains(&(r.topic.to_string(), r.partition)) {
+                self.accept(r);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +262,9 @@ fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) ->
 impl Source for KafkaSource {
     async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError> {
         let max = max.max(1);
+        if !self.held.is_empty() {
+            self.check_held().await?;
+        }
         // Everything received is moved into `self.pending` before the next await point, so a
         // cancelled call loses nothing: the next call returns it.
         while self.pending.len() < max {
@@ -200,10 +279,22 @@ impl Source for KafkaSource {
                 Ok(m) => {
                     let record = to_record(&mut self.topics, &m);
                     drop(m);
-                    self.take_revocations();
-                    self.tracker.register(&record.topic, record.partition, record.offset);
-                    self.pending.push(record);
-                    self.linger_deadline.get_or_insert_with(|| Instant::now() + self.linger);
+                    self.take_rebalances();
+                    if self.unchecked.contains(&(record.topic.to_string(), record.partition)) {
+                        self.held.push(record);
+                        if let Err(e) = self.check_held().await {
+                            if self.pending.is_empty() {
+                                return Err(e);
+                            }
+                            tracing::warn!(error = %e, "start positions not checked yet; retrying on the next poll");
+                            break;
+                        }
+                    } else {
+                        self.accept(record);
+                    }
+                    if !self.pending.is_empty() {
+                        self.linger_deadline.get_or_insert_with(|| Instant::now() + self.linger);
+                    }
                 }
                 Err(e) if !self.pending.is_empty() => {
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -219,7 +310,7 @@ impl Source for KafkaSource {
     }
 
     fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {
-        self.take_revocations();
+        self.take_rebalances();
         for r in delivered {
             self.tracker.acknowledge(&r.topic, r.partition, r.offset);
         }
