@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -81,7 +82,8 @@ pub async fn produce(producer: &FutureProducer, opts: &ProduceOptions) -> anyhow
             .progress_chars("=> "),
     );
     bar.set_message("producing");
-    let mut rng = rand::rng();
+    // A Send rng: the future may move between threads.
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let mut in_flight: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut report = ProduceReport::default();
     let settle = |report: &mut ProduceReport, result: Result<_, _>| -> anyhow::Result<()> {

@@ -69,6 +69,22 @@ pub fn is_key_segment(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether Redis keeps acknowledged writes across a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// `yes` when the append-only file is on.
+    pub appendonly: String,
+    /// `always`, `everysec` or `no`.
+    pub appendfsync: String,
+}
+
+impl Persistence {
+    /// AOF on, and fsynced at least every second.
+    pub fn is_durable(&self) -> bool {
+        self.appendonly == "yes" && matches!(self.appendfsync.as_str(), "always" | "everysec")
+    }
+}
+
 /// Errors of the Redis buffer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -155,6 +171,15 @@ impl RedisBuffer {
     /// The `SCAN MATCH` pattern of this instance's keys.
     pub fn key_pattern(&self) -> String {
         format!("{}*", self.buffer_prefix)
+    }
+
+    /// Redis's persistence settings (`CONFIG GET appendonly` and `appendfsync`).
+    pub async fn persistence(&self) -> Result<Persistence, fred::error::Error> {
+        let get = |name: &'static str| async move {
+            let pairs: Vec<String> = self.client.config_get(name).await?;
+            Ok::<String, fred::error::Error>(pairs.get(1).cloned().unwrap_or_default())
+        };
+        Ok(Persistence { appendonly: get("appendonly").await?, appendfsync: get("appendfsync").await? })
     }
 
     /// How many write-ahead keys this instance has in Redis now.

@@ -32,8 +32,27 @@ pub struct Config {
     /// in Redis and is restored on the next start).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// When Kafka offsets may advance past a message: `after_sink` (default) or `after_buffer`.
+    pub commit_policy: CommitPolicy,
+    /// Let `after_buffer` run against a Redis that does not persist writes (AOF off or
+    /// `appendfsync no`). A Redis restart then loses messages Kafka already committed past.
+    pub allow_volatile_buffer: bool,
     /// Logging. Read by the binary only: the library never installs a subscriber.
     pub log: LogConfig,
+}
+
+/// When Kafka offsets may advance past a message. In both, an offset never passes a message
+/// that is held only in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitPolicy {
+    /// Once the message is in MySQL (or its dead-letter table). Redis only speeds up restarts;
+    /// losing Redis loses nothing. Kafka lag includes what is buffered.
+    #[default]
+    AfterSink,
+    /// Once the message is in Redis, as the original design had it: Kafka lag reflects
+    /// consumption, and Redis (with AOF persistence) is the only copy until the flush.
+    AfterBuffer,
 }
 
 /// How the binary logs (`[log]`, `DP_LOG__*`).
@@ -72,6 +91,8 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),
+            commit_policy: CommitPolicy::AfterSink,
+            allow_volatile_buffer: false,
             log: LogConfig::default(),
         }
     }

@@ -16,12 +16,13 @@
 pub mod config;
 mod runtime;
 mod stats;
+mod write_ahead;
 
 use std::sync::Arc;
 
 use dp_core::Watermarks;
 
-pub use config::{BufferConfig, Config, LogConfig, LogFormat, RetryConfig};
+pub use config::{BufferConfig, CommitPolicy, Config, LogConfig, LogFormat, RetryConfig};
 pub use runtime::{Pipeline, PipelineError, RunSummary};
 pub use stats::{PipelineStats, StatsSnapshot};
 
@@ -41,6 +42,9 @@ pub enum BuildError {
     /// MySQL could not be reached or prepared.
     #[error(transparent)]
     Sink(#[from] dp_sink_mysql::MysqlSinkError),
+    /// The settings would risk losing messages.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 /// Validates `config`, connects to MySQL (creating the tables when configured) and Redis, and
@@ -50,6 +54,37 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
     let sink =
         dp_sink_mysql::MysqlSink::connect(&config.mysql).await?.with_consumer_group(&config.kafka.group_id);
     let buffer = dp_buffer_redis::RedisBuffer::connect(&config.redis, &config.instance_id).await?;
+    if config.commit_policy == CommitPolicy::AfterBuffer {
+        match buffer.persistence().await {
+            Ok(p) if p.is_durable() => {
+                if p.appendfsync == "everysec" {
+                    tracing::warn!(
+                        "commit_policy = after_buffer with appendfsync everysec: a Redis crash can lose up to 1 s of messages Kafka already committed past"
+                    );
+                }
+            }
+            Ok(p) if config.allow_volatile_buffer => {
+                tracing::warn!(appendonly = %p.appendonly, appendfsync = %p.appendfsync, "commit_policy = after_buffer on a Redis that does not persist writes (allowed by allow_volatile_buffer)");
+            }
+            Ok(p) => {
+                return Err(BuildError::Unsafe(format!(
+                    "commit_policy: after_buffer needs a Redis that persists writes, but {} has appendonly={} appendfsync={}; \
+                     enable AOF (appendonly yes, appendfsync everysec or always), use commit_policy = \"after_sink\", \
+                     or set allow_volatile_buffer = true to accept losing messages on a Redis restart",
+                    config.redis.url, p.appendonly, p.appendfsync
+                )));
+            }
+            Err(e) if config.allow_volatile_buffer => {
+                tracing::warn!(error = %e, "cannot read Redis persistence settings (allowed by allow_volatile_buffer)");
+            }
+            Err(e) => {
+                return Err(BuildError::Unsafe(format!(
+                    "commit_policy: after_buffer needs to confirm Redis persistence, but CONFIG GET failed: {e}; \
+                     use commit_policy = \"after_sink\" or set allow_volatile_buffer = true"
+                )));
+            }
+        }
+    }
     let source = dp_source_kafka::KafkaSource::new(&config.kafka)?
         .with_watermarks(Arc::new(sink.clone()) as Arc<dyn Watermarks>);
     Ok(Pipeline::new(
@@ -59,5 +94,6 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
         config.buffer.clone(),
         config.retry.clone(),
         config.shutdown_timeout,
-    ))
+    )
+    .with_commit_policy(config.commit_policy))
 }

@@ -25,13 +25,17 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use dp_core::{
-    Accumulator, Batch, BatchOutcome, Buffer, BufferError, DeadLetter, FlushTrigger, Record, Sink, SinkError,
-    Source,
+    Accumulator, Batch, BatchOutcome, Buffer, BufferError, BufferKey, DeadLetter, FlushTrigger, Record, Sink,
+    SinkError, Source,
 };
 use tokio::task::JoinHandle;
 
-use crate::config::{BufferConfig, RetryConfig};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::{BufferConfig, CommitPolicy, RetryConfig};
 use crate::stats::{PipelineStats, StatsSnapshot};
+use crate::write_ahead::WriteAhead;
 
 /// Why a pipeline stopped other than by a clean shutdown. Nothing is lost in any of these
 /// cases: undelivered records are still in the buffer and uncommitted in the source.
@@ -86,6 +90,7 @@ pub struct Pipeline {
     deliverer: Arc<Deliverer>,
     buffer_config: BufferConfig,
     shutdown_timeout: Duration,
+    commit_policy: CommitPolicy,
 }
 
 impl Pipeline {
@@ -98,8 +103,21 @@ impl Pipeline {
         retry: RetryConfig,
         shutdown_timeout: Duration,
     ) -> Self {
-        let deliverer = Arc::new(Deliverer { sink, buffer, retry, stats: Arc::default() });
-        Self { source, deliverer, buffer_config, shutdown_timeout }
+        let deliverer = Arc::new(Deliverer {
+            sink,
+            buffer,
+            retry,
+            stats: Arc::default(),
+            buffer_healthy: Arc::new(AtomicBool::new(true)),
+            leftover_keys: Mutex::default(),
+        });
+        Self { source, deliverer, buffer_config, shutdown_timeout, commit_policy: CommitPolicy::AfterSink }
+    }
+
+    /// When Kafka offsets may advance; [`CommitPolicy::AfterSink`] unless set.
+    pub fn with_commit_policy(mut self, policy: CommitPolicy) -> Self {
+        self.commit_policy = policy;
+        self
     }
 
     /// Live counters, to read while the pipeline runs.
@@ -111,9 +129,14 @@ impl Pipeline {
     /// completes, then drains: writes what is buffered, commits, and closes every part.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, PipelineError> {
         let started = Instant::now();
-        let Self { mut source, deliverer, buffer_config, shutdown_timeout } = self;
+        let Self { mut source, deliverer, buffer_config, shutdown_timeout, commit_policy } = self;
         let stats = Arc::clone(&deliverer.stats);
         restore(&deliverer, buffer_config.max_rows).await?;
+        let mut write_ahead = WriteAhead::new(
+            Arc::clone(&deliverer.buffer),
+            Arc::clone(&stats),
+            Arc::clone(&deliverer.buffer_healthy),
+        );
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
@@ -126,7 +149,7 @@ impl Pipeline {
                 () = &mut shutdown => break,
                 done = join(&mut in_flight) => {
                     in_flight = None;
-                    complete(source.as_mut(), done?);
+                    complete(source.as_mut(), &mut write_ahead, done?);
                     if let Some(trigger) = acc.due(Instant::now()) {
                         in_flight = Some(start(&deliverer, &mut acc, trigger));
                     }
@@ -137,15 +160,15 @@ impl Pipeline {
                 polled = source.poll(acc.room()), if acc.room() > 0 => match polled {
                     Ok(records) => {
                         PipelineStats::add(&stats.consumed, records.len());
-                        let keys = match deliverer.buffer.append(&records).await {
-                            Ok(keys) => keys,
-                            Err(e) => {
-                                PipelineStats::add(&stats.buffer_failures, 1);
-                                tracing::warn!(error = %e, records = records.len(), "write-ahead append failed; records held in memory only until delivered");
-                                Vec::new()
+                        let appended = write_ahead.append(&records).await;
+                        if commit_policy == CommitPolicy::AfterBuffer && appended.all {
+                            // In Redis (which must persist writes under this policy): durable enough
+                            // for Kafka to move on. Memory-only records wait for the sink.
+                            if let Err(e) = source.acknowledge(&records) {
+                                tracing::warn!(error = %e, "storing offsets failed; the group may re-read these records");
                             }
-                        };
-                        acc.extend(records, keys, Instant::now());
+                        }
+                        acc.extend(records, appended.keys, Instant::now());
                         if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
                             in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                         }
@@ -163,12 +186,12 @@ impl Pipeline {
             if let Some(flight) = in_flight.as_mut() {
                 let done = join_handle(&mut flight.0).await;
                 in_flight = None;
-                complete(source.as_mut(), done?);
+                complete(source.as_mut(), &mut write_ahead, done?);
             }
             if !acc.is_empty() {
                 let batch = acc.take();
                 let done = Arc::clone(&deliverer).deliver(batch, FlushTrigger::Shutdown).await?;
-                complete(source.as_mut(), done);
+                complete(source.as_mut(), &mut write_ahead, done);
             }
             if let Err(e) = source.commit().await {
                 tracing::warn!(error = %e, "final offset commit failed; the group re-reads from the last commit");
@@ -224,8 +247,9 @@ fn start(
     (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), n)
 }
 
-fn complete(source: &mut dyn Source, done: Delivered) {
+fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Delivered) {
     let Delivered { batch, outcome, trigger, elapsed } = done;
+    write_ahead.delivered(&batch.records);
     tracing::debug!(
         trigger = trigger.as_str(),
         rows = batch.records.len(),
@@ -276,6 +300,10 @@ struct Deliverer {
     buffer: Arc<dyn Buffer>,
     retry: RetryConfig,
     stats: Arc<PipelineStats>,
+    /// Shared with [`WriteAhead`]: false while the buffer is unreachable.
+    buffer_healthy: Arc<AtomicBool>,
+    /// Keys of delivered records whose deletion failed; retried with the next deletion.
+    leftover_keys: Mutex<Vec<BufferKey>>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -292,11 +320,34 @@ impl Deliverer {
         PipelineStats::add(&self.stats.duplicates, outcome.duplicates);
         PipelineStats::add(&self.stats.dead_lettered, outcome.dead_lettered);
         PipelineStats::add(&self.stats.batches, 1);
-        if let Err(e) = self.buffer.remove(&batch.keys).await {
-            PipelineStats::add(&self.stats.buffer_failures, 1);
-            tracing::warn!(error = %e, keys = batch.keys.len(), "write-ahead delete failed; the next start re-delivers these records idempotently");
-        }
+        self.remove_keys(&batch.keys).await;
         Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
+    }
+
+    /// Deletes delivered records' write-ahead copies, with any that failed before. While the
+    /// buffer is down, keys are kept for later instead of waiting on it; a copy that outlives
+    /// its record is harmless (a restore finds it below the watermark and skips it).
+    async fn remove_keys(&self, keys: &[BufferKey]) {
+        let mut todo: Vec<BufferKey> = match self.leftover_keys.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(_) => Vec::new(),
+        };
+        todo.extend_from_slice(keys);
+        if todo.is_empty() {
+            return;
+        }
+        let result = if self.buffer_healthy.load(Ordering::Relaxed) {
+            self.buffer.remove(&todo).await
+        } else {
+            Err(BufferError::transient("buffer marked unreachable"))
+        };
+        if let Err(e) = result {
+            PipelineStats::add(&self.stats.buffer_failures, 1);
+            tracing::warn!(error = %e, keys = todo.len(), "write-ahead delete failed; retrying with the next batch");
+            if let Ok(mut l) = self.leftover_keys.lock() {
+                l.extend(todo);
+            }
+        }
     }
 
     /// Writes `records`; on a permanent error, halves the batch until the refused records are

@@ -23,6 +23,10 @@ pub struct PipelineStats {
     pub buffer_failures: AtomicU64,
     /// Records currently held in memory (collecting plus being written).
     pub memory_buffered: AtomicU64,
+    /// 1 while the write-ahead buffer is unreachable.
+    pub buffer_down: AtomicU64,
+    /// Partitions with records held only in memory (not written ahead).
+    pub suspended_partitions: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -46,6 +50,10 @@ pub struct StatsSnapshot {
     pub buffer_failures: u64,
     /// See [`PipelineStats::memory_buffered`].
     pub memory_buffered: u64,
+    /// See [`PipelineStats::buffer_down`].
+    pub buffer_down: u64,
+    /// See [`PipelineStats::suspended_partitions`].
+    pub suspended_partitions: u64,
 }
 
 impl PipelineStats {
@@ -61,6 +69,8 @@ impl PipelineStats {
             retries: self.retries.load(Relaxed),
             buffer_failures: self.buffer_failures.load(Relaxed),
             memory_buffered: self.memory_buffered.load(Relaxed),
+            buffer_down: self.buffer_down.load(Relaxed),
+            suspended_partitions: self.suspended_partitions.load(Relaxed),
         }
     }
 

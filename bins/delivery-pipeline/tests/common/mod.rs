@@ -223,3 +223,75 @@ pub fn sigterm(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 pub fn as_set(v: Vec<String>) -> BTreeSet<String> {
     v.into_iter().collect()
 }
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A redis-server of the test's own (never the shared one), without persistence.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> Self {
+        let mut r = Self { port, child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "own redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the server and everything in it are gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigkill(&mut c);
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let c = Client::new(fred::prelude::Config::from_url(&self.url()).expect("url"), None, None, None);
+        c.init().await.expect("own redis connection");
+        c
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
