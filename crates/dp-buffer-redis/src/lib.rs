@@ -5,7 +5,16 @@
 //! record in the versioned binary encoding of [`dp_core::codec`].
 //!
 //! Writes are one `MSET` per chunk of records and deletes one `UNLINK` per batch: never one
-//! round trip per record. Restore scans the instance's keys (`SCAN MATCH`, never `KEYS`),
+//! round trip per record.
+//!
+//! # Leases and adoption
+//! Each instance registers its id in the set `<prefix>:instances` and keeps a lease
+//! `<prefix>:lease:<instance-id>` alive (`SET … PX lease_ttl`, renewed every third of it).
+//! When a process dies for good — a Kubernetes Deployment replaces a pod under a new name — its
+//! lease expires; another instance then claims its buffer with an atomic Lua script (the claim
+//! `<prefix>:claim:<dead-id>` is set only if the lease is still absent, and only once), delivers
+//! the records idempotently, deletes them, and removes the dead id from the set. A restarted
+//! StatefulSet pod keeps its id: it renews its lease at once and restores its own keys. Restore scans the instance's keys (`SCAN MATCH`, never `KEYS`),
 //! reads them with `MGET` in pages, and returns them in key order. A value that does not decode
 //! is not deleted and not lost: it is renamed to `<prefix>:quarantine:<instance-id>:<uuid>` for
 //! an operator to inspect, and reported in the log.
@@ -13,8 +22,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{Buffer, BufferError, BufferKey, Record, SecretUrl, decode_record, encode_record};
+use dp_core::{Buffer, BufferError, BufferKey, Orphan, Record, SecretUrl, decode_record, encode_record};
 use fred::prelude::*;
+use fred::types::Expiration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -32,6 +42,10 @@ pub struct RedisBufferConfig {
     /// How long to wait for a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long an instance's lease outlives its last renewal; after that its buffer is
+    /// adopted by another instance.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for RedisBufferConfig {
@@ -41,6 +55,7 @@ impl Default for RedisBufferConfig {
             key_prefix: "msg".into(),
             command_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -55,6 +70,9 @@ impl RedisBufferConfig {
             .map_err(|e| format!("redis.url: `{}` is not a valid redis URL: {e}", self.url.redacted()))?;
         if !is_key_segment(&self.key_prefix) {
             return Err(format!("redis.key_prefix: `{}` must be 1-64 of [A-Za-z0-9._-]", self.key_prefix));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err("redis.lease_ttl: must be at least 1s".into());
         }
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err("redis.command_timeout / redis.connect_timeout: must be greater than zero".into());
@@ -114,9 +132,19 @@ pub enum RedisBufferError {
 #[derive(Clone)]
 pub struct RedisBuffer {
     client: Client,
+    instance_id: String,
+    key_prefix: String,
     buffer_prefix: String,
     quarantine_prefix: String,
+    lease_ttl: Duration,
 }
+
+/// Sets the claim on an orphan only while its lease is absent, and only once.
+const CLAIM_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"#;
 
 const PAGE: usize = 1000;
 
@@ -156,11 +184,51 @@ impl RedisBuffer {
                 });
             }
         }
-        Ok(Self {
+        let buffer = Self {
             client,
+            instance_id: instance_id.to_owned(),
+            key_prefix: config.key_prefix.clone(),
             buffer_prefix: format!("{}:buffer:{instance_id}:", config.key_prefix),
             quarantine_prefix: format!("{}:quarantine:{instance_id}:", config.key_prefix),
-        })
+            lease_ttl: config.lease_ttl,
+        };
+        // Claim our own buffer before anything else, so nobody adopts it while we restore.
+        buffer
+            .renew_lease()
+            .await
+            .map_err(|source| RedisBufferError::Connect { url: config.url.redacted(), source })?;
+        Ok(buffer)
+    }
+
+    fn registry_key(&self) -> String {
+        format!("{}:instances", self.key_prefix)
+    }
+
+    fn lease_key(&self, instance: &str) -> String {
+        format!("{}:lease:{instance}", self.key_prefix)
+    }
+
+    fn claim_key(&self, instance: &str) -> String {
+        format!("{}:claim:{instance}", self.key_prefix)
+    }
+
+    fn buffer_prefix_of(&self, instance: &str) -> String {
+        format!("{}:buffer:{instance}:", self.key_prefix)
+    }
+
+    async fn renew_lease(&self) -> Result<(), fred::error::Error> {
+        let ttl = self.lease_ttl.as_millis() as i64;
+        let pipe = self.client.pipeline();
+        pipe.sadd::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await?;
+        pipe.set::<(), _, _>(
+            self.lease_key(&self.instance_id),
+            now_millis(),
+            Some(Expiration::PX(ttl)),
+            None,
+            false,
+        )
+        .await?;
+        pipe.all::<Vec<Value>>().await.map(|_| ())
     }
 
     /// The underlying client, for callers that need other commands (tests, health checks).
@@ -188,10 +256,14 @@ impl RedisBuffer {
     }
 
     async fn scan_keys(&self) -> Result<Vec<String>, fred::error::Error> {
+        self.scan_keys_of(&self.buffer_prefix).await
+    }
+
+    async fn scan_keys_of(&self, prefix: &str) -> Result<Vec<String>, fred::error::Error> {
         use futures::TryStreamExt as _;
         let mut keys: Vec<String> = self
             .client
-            .scan_buffered(self.key_pattern(), Some(PAGE as u32), None)
+            .scan_buffered(format!("{prefix}*"), Some(PAGE as u32), None)
             .map_ok(|k| k.into_string().unwrap_or_default())
             .try_collect()
             .await?;
@@ -200,6 +272,10 @@ impl RedisBuffer {
         keys.dedup();
         Ok(keys)
     }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn transient(what: &str, e: fred::error::Error) -> BufferError {
@@ -229,7 +305,74 @@ impl Buffer for RedisBuffer {
     }
 
     async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
-        let keys = self.scan_keys().await.map_err(|e| transient("SCAN", e))?;
+        self.load(&self.buffer_prefix.clone()).await
+    }
+
+    async fn healthcheck(&self) -> Result<(), BufferError> {
+        self.client.ping::<()>(None).await.map_err(|e| transient("PING", e))
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.lease_ttl / 3)
+    }
+
+    async fn heartbeat(&self) -> Result<(), BufferError> {
+        self.renew_lease().await.map_err(|e| transient("lease renewal", e))
+    }
+
+    async fn claim_orphan(&self) -> Result<Option<Orphan>, BufferError> {
+        let members: Vec<String> =
+            self.client.smembers(self.registry_key()).await.map_err(|e| transient("SMEMBERS", e))?;
+        for instance in members {
+            if instance == self.instance_id || !is_key_segment(&instance) {
+                continue;
+            }
+            let claim_ttl = (self.lease_ttl.as_millis() * 10).to_string();
+            let won: i64 = self
+                .client
+                .eval(
+                    CLAIM_SCRIPT,
+                    vec![self.lease_key(&instance), self.claim_key(&instance)],
+                    vec![self.instance_id.clone(), claim_ttl],
+                )
+                .await
+                .map_err(|e| transient("orphan claim", e))?;
+            if won == 1 {
+                let records = self.load(&self.buffer_prefix_of(&instance)).await?;
+                tracing::info!(orphan = %instance, records = records.len(), "claimed the buffer of an instance whose lease expired");
+                return Ok(Some(Orphan { instance, records }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn release_orphan(&self, instance: &str) -> Result<(), BufferError> {
+        let left =
+            self.scan_keys_of(&self.buffer_prefix_of(instance)).await.map_err(|e| transient("SCAN", e))?;
+        if left.is_empty() {
+            self.client
+                .srem::<(), _, _>(self.registry_key(), instance)
+                .await
+                .map_err(|e| transient("SREM", e))?;
+        }
+        self.client.del::<(), _>(self.claim_key(instance)).await.map_err(|e| transient("DEL", e))
+    }
+
+    async fn close(&self) -> Result<(), BufferError> {
+        // Give up the lease: whatever is left (a drain that timed out) is adopted at once by a
+        // live instance, or restored by our successor under the same id.
+        let _ = self.client.del::<(), _>(self.lease_key(&self.instance_id)).await;
+        if self.scan_keys().await.is_ok_and(|k| k.is_empty()) {
+            let _ = self.client.srem::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await;
+        }
+        self.client.quit().await.map_err(|e| transient("QUIT", e))
+    }
+}
+
+impl RedisBuffer {
+    /// Every record under `prefix`, in key (arrival) order; undecodable values are quarantined.
+    async fn load(&self, prefix: &str) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+        let keys = self.scan_keys_of(prefix).await.map_err(|e| transient("SCAN", e))?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(PAGE) {
             let values: Vec<Value> =
@@ -253,19 +396,13 @@ impl Buffer for RedisBuffer {
         Ok(out)
     }
 
-    async fn healthcheck(&self) -> Result<(), BufferError> {
-        self.client.ping::<()>(None).await.map_err(|e| transient("PING", e))
-    }
-
-    async fn close(&self) -> Result<(), BufferError> {
-        self.client.quit().await.map_err(|e| transient("QUIT", e))
-    }
-}
-
-impl RedisBuffer {
     async fn quarantine(&self, key: &str, reason: &str) -> Result<(), BufferError> {
-        let suffix = key.strip_prefix(&self.buffer_prefix).unwrap_or(key);
-        let target = format!("{}{suffix}", self.quarantine_prefix);
+        // <prefix>:buffer:<instance>:<uuid> → <prefix>:quarantine:<instance>:<uuid>
+        let marker = format!("{}:buffer:", self.key_prefix);
+        let target = match key.strip_prefix(&marker) {
+            Some(rest) => format!("{}:quarantine:{rest}", self.key_prefix),
+            None => format!("{}{key}", self.quarantine_prefix),
+        };
         tracing::error!(key, target = %target, reason, "buffered record cannot be decoded; moved aside for inspection");
         self.client.rename::<(), _, _>(key, target.as_str()).await.map_err(|e| transient("RENAME", e))
     }

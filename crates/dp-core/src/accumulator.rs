@@ -20,6 +20,8 @@ pub enum FlushTrigger {
     Shutdown,
     /// Records restored from the write-ahead buffer at startup.
     Restore,
+    /// Records adopted from the buffer of an instance whose lease expired.
+    Adopt,
 }
 
 impl FlushTrigger {
@@ -30,6 +32,7 @@ impl FlushTrigger {
             Self::Interval => "interval",
             Self::Shutdown => "shutdown",
             Self::Restore => "restore",
+            Self::Adopt => "adopt",
         }
     }
 }

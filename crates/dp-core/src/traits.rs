@@ -82,10 +82,42 @@ pub trait Buffer: Send + Sync {
         Ok(())
     }
 
-    /// Releases connections.
+    /// How often [`heartbeat`](Buffer::heartbeat) must run; `None` for a buffer without
+    /// leases (then nothing is ever adopted from it).
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Renews this instance's lease, telling other instances it is alive.
+    async fn heartbeat(&self) -> Result<(), BufferError> {
+        Ok(())
+    }
+
+    /// Claims the buffer of one other instance whose lease expired, if there is one, and
+    /// returns its records in arrival order. Only one claimer wins a given orphan.
+    async fn claim_orphan(&self) -> Result<Option<Orphan>, BufferError> {
+        Ok(None)
+    }
+
+    /// Ends a claim once the orphan's records are delivered and removed.
+    async fn release_orphan(&self, instance: &str) -> Result<(), BufferError> {
+        let _ = instance;
+        Ok(())
+    }
+
+    /// Releases connections (and, for a leased buffer, this instance's lease).
     async fn close(&self) -> Result<(), BufferError> {
         Ok(())
     }
+}
+
+/// The buffer of an instance that stopped renewing its lease, claimed for delivery.
+#[derive(Debug)]
+pub struct Orphan {
+    /// The dead instance's id.
+    pub instance: String,
+    /// Its records in arrival order, with their keys.
+    pub records: Vec<(BufferKey, Record)>,
 }
 
 /// How a batch ended in the sink.

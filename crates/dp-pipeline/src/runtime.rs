@@ -137,6 +137,7 @@ impl Pipeline {
             Arc::clone(&stats),
             Arc::clone(&deliverer.buffer_healthy),
         );
+        let background = leases(&deliverer, buffer_config.max_rows);
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
@@ -202,6 +203,9 @@ impl Pipeline {
         if let Some((handle, _)) = in_flight.take() {
             handle.abort();
         }
+        for task in background {
+            task.abort();
+        }
         if let Err(e) = source.close().await {
             tracing::warn!(error = %e, "closing the source failed");
         }
@@ -235,6 +239,61 @@ async fn restore(deliverer: &Arc<Deliverer>, max_rows: usize) -> Result<(), Pipe
         PipelineStats::add(&deliverer.stats.restored, n);
     }
     Ok(())
+}
+
+/// Starts the lease heartbeat and the adoption of orphaned buffers, for a buffer with leases.
+fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<JoinHandle<()>> {
+    let Some(every) = deliverer.buffer.heartbeat_interval() else { return Vec::new() };
+    let heart = Arc::clone(deliverer);
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = heart.buffer.heartbeat().await {
+                tracing::warn!(error = %e, "lease renewal failed; another instance may adopt this buffer (harmless: delivery is idempotent)");
+            }
+        }
+    });
+    let adopter = Arc::clone(deliverer);
+    let adoption = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match adopter.buffer.claim_orphan().await {
+                Ok(Some(orphan)) => adopt(&adopter, orphan, max_rows).await,
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "looking for orphaned buffers failed"),
+            }
+        }
+    });
+    vec![heartbeat, adoption]
+}
+
+/// Delivers an orphan's records (idempotently: the dead instance may have delivered some) and
+/// releases the claim. A failure leaves the claim to expire, so the orphan is tried again.
+async fn adopt(deliverer: &Arc<Deliverer>, orphan: dp_core::Orphan, max_rows: usize) {
+    let dp_core::Orphan { instance, records } = orphan;
+    let total = records.len();
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let (keys, batch): (Vec<_>, Vec<_>) = records.by_ref().take(max_rows).unzip();
+        let n = batch.len();
+        if let Err(e) =
+            Arc::clone(deliverer).deliver(Batch { records: batch, keys }, FlushTrigger::Adopt).await
+        {
+            tracing::error!(orphan = %instance, error = %e, "adopting an orphaned buffer failed; it will be retried");
+            return;
+        }
+        PipelineStats::add(&deliverer.stats.adopted, n);
+    }
+    match deliverer.buffer.release_orphan(&instance).await {
+        Ok(()) => {
+            tracing::info!(orphan = %instance, records = total, "adopted and delivered an orphaned buffer")
+        }
+        Err(e) => tracing::warn!(orphan = %instance, error = %e, "releasing an adopted buffer failed"),
+    }
 }
 
 fn start(

@@ -17,6 +17,8 @@ pub struct PipelineStats {
     pub batches: AtomicU64,
     /// Records restored from the write-ahead buffer at startup.
     pub restored: AtomicU64,
+    /// Records adopted from the buffers of instances whose lease expired.
+    pub adopted: AtomicU64,
     /// Sink attempts that failed transiently and were retried.
     pub retries: AtomicU64,
     /// Write-ahead appends or removals that failed (records stayed in memory).
@@ -44,6 +46,8 @@ pub struct StatsSnapshot {
     pub batches: u64,
     /// See [`PipelineStats::restored`].
     pub restored: u64,
+    /// See [`PipelineStats::adopted`].
+    pub adopted: u64,
     /// See [`PipelineStats::retries`].
     pub retries: u64,
     /// See [`PipelineStats::buffer_failures`].
@@ -66,6 +70,7 @@ impl PipelineStats {
             dead_lettered: self.dead_lettered.load(Relaxed),
             batches: self.batches.load(Relaxed),
             restored: self.restored.load(Relaxed),
+            adopted: self.adopted.load(Relaxed),
             retries: self.retries.load(Relaxed),
             buffer_failures: self.buffer_failures.load(Relaxed),
             memory_buffered: self.memory_buffered.load(Relaxed),

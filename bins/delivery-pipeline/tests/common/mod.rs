@@ -156,8 +156,44 @@ impl TestEnv {
         keys.len()
     }
 
+    /// Starts the binary as instance `<instance>-<name>`, logging to its own file.
+    pub fn spawn_named(&self, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Child {
+        let id = self.instance_named(name);
+        let mut all: Vec<(&str, &str)> = extra.to_vec();
+        all.push(("DP_INSTANCE_ID", &id));
+        self.spawn_logged(args, &all, &self.log_path_named(name))
+    }
+
+    pub fn instance_named(&self, name: &str) -> String {
+        format!("{}-{name}", self.instance)
+    }
+
+    pub fn log_path_named(&self, name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}.log", self.name))
+    }
+
+    /// Write-ahead keys of instance `<instance>-<name>`.
+    pub async fn redis_keys_named(&self, name: &str) -> usize {
+        use futures::TryStreamExt as _;
+        let c = self.redis().await;
+        let keys: Vec<Key> = c
+            .scan_buffered(
+                format!("{}:buffer:{}:*", self.key_prefix, self.instance_named(name)),
+                Some(1000),
+                None,
+            )
+            .try_collect()
+            .await
+            .expect("scan");
+        keys.len()
+    }
+
     /// Starts the real binary with this test's settings plus `extra` variables.
     pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Child {
+        self.spawn_logged(args, extra, &self.log_path())
+    }
+
+    fn spawn_logged(&self, args: &[&str], extra: &[(&str, &str)], log: &std::path::Path) -> Child {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-pipeline"));
         cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         cmd.env("RUST_LOG", "info");
@@ -167,7 +203,7 @@ impl TestEnv {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let log = std::fs::File::create(log).expect("log file");
         let log2 = log.try_clone().expect("log file");
         cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log2));
         cmd.spawn().expect("spawn delivery-pipeline")
