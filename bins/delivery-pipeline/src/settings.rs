@@ -26,6 +26,14 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("DP_") else { continue };
         let path = rest.to_ascii_lowercase().replace("__", ".");
+        // librdkafka settings are dotted names; in a variable name `_` stands for `.`:
+        // DP_KAFKA__PROPERTIES__PARTITION_ASSIGNMENT_STRATEGY sets "partition.assignment.strategy".
+        if let Some(property) = path.strip_prefix("kafka.properties.") {
+            let mut map = std::collections::BTreeMap::new();
+            map.insert(property.replace(['_', '.'], "."), value.clone());
+            fig = fig.merge(Serialized::default("kafka.properties", map));
+            continue;
+        }
         let value: figment::value::Value =
             value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
         fig = fig.merge(Serialized::default(&path, value));
@@ -84,6 +92,23 @@ mod tests {
         assert_eq!(c.buffer.max_rows, 10);
         assert_eq!(c.buffer.flush_interval, std::time::Duration::from_secs(30));
         assert_eq!(c.instance_id, "test-0");
+    }
+
+    #[test]
+    fn librdkafka_properties_from_the_environment() {
+        let s = load(
+            None,
+            &env(&[
+                ("DP_KAFKA__PROPERTIES__PARTITION_ASSIGNMENT_STRATEGY", "cooperative-sticky"),
+                ("DP_KAFKA__PROPERTIES__FETCH_MAX_BYTES", "1048576"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(
+            s.kafka.properties.get("partition.assignment.strategy").map(String::as_str),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(s.kafka.properties.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
     }
 
     #[test]

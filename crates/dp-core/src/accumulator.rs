@@ -22,6 +22,8 @@ pub enum FlushTrigger {
     Restore,
     /// Records adopted from the buffer of an instance whose lease expired.
     Adopt,
+    /// Partitions were revoked by a consumer-group rebalance.
+    Rebalance,
 }
 
 impl FlushTrigger {
@@ -33,6 +35,7 @@ impl FlushTrigger {
             Self::Shutdown => "shutdown",
             Self::Restore => "restore",
             Self::Adopt => "adopt",
+            Self::Rebalance => "rebalance",
         }
     }
 }

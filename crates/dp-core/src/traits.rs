@@ -20,8 +20,15 @@ use crate::record::Record;
 ///   [`acknowledge`](Source::acknowledge), and only over a contiguous prefix per partition.
 #[async_trait]
 pub trait Source: Send {
-    /// Waits for records and returns between 1 and `max` of them (`max` is at least 1).
+    /// Waits for records and returns at most `max` of them (`max` is at least 1). It returns
+    /// early, possibly with none, when partitions were revoked (see [`Source::revoked`]).
     async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError>;
+
+    /// True when partitions were taken away since the last call: the runtime then flushes what
+    /// it buffered at once, so the new owner finds it stored.
+    fn revoked(&mut self) -> bool {
+        false
+    }
 
     /// Reports records as delivered: written to the sink or dead-lettered.
     fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {

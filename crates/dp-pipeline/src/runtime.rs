@@ -141,8 +141,16 @@ impl Pipeline {
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
+        // Set when partitions were revoked: flush everything buffered as soon as possible.
+        let mut flush_now = false;
         tokio::pin!(shutdown);
         loop {
+            if flush_now && in_flight.is_none() {
+                flush_now = false;
+                if !acc.is_empty() {
+                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
+                }
+            }
             PipelineStats::set(&stats.memory_buffered, acc.len() + in_flight.as_ref().map_or(0, |f| f.1));
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -170,7 +178,10 @@ impl Pipeline {
                             }
                         }
                         acc.extend(records, appended.keys, Instant::now());
-                        if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
+                        if source.revoked() {
+                            tracing::info!(buffered = acc.len(), "partitions revoked: flushing what is buffered now");
+                            flush_now = true;
+                        } else if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
                             in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                         }
                     }

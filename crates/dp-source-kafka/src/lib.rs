@@ -68,6 +68,8 @@ pub enum KafkaSourceError {
 struct RebalanceContext {
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<Vec<(String, i32)>>,
+    /// Wakes a waiting `poll` when partitions are revoked.
+    revocation: tokio::sync::Notify,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -82,6 +84,7 @@ impl ConsumerContext for RebalanceContext {
                 if let Ok(mut revoked) = self.revoked.lock() {
                     revoked.extend(parts);
                 }
+                self.revocation.notify_one();
             }
             Rebalance::Assign(tpl) => {
                 let parts: Vec<(String, i32)> =
@@ -109,6 +112,8 @@ pub struct KafkaSource {
     unchecked: HashSet<(String, i32)>,
     /// Records of unchecked partitions, waiting for that check.
     held: Vec<Record>,
+    /// Partitions were revoked since [`Source::revoked`] was last asked.
+    revoked_since: bool,
 }
 
 impl KafkaSource {
@@ -133,6 +138,7 @@ impl KafkaSource {
             watermarks: None,
             unchecked: HashSet::new(),
             held: Vec::new(),
+            revoked_since: false,
         })
     }
 
@@ -170,6 +176,7 @@ impl KafkaSource {
         let revoked = ctx.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
         let assigned = ctx.assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
         for (topic, partition) in revoked {
+            self.revoked_since = true;
             self.tracker.forget(&topic, partition);
             self.held.retain(|r| !(*r.topic == *topic && r.partition == partition));
             self.unchecked.remove(&(topic, partition));
@@ -268,12 +275,21 @@ impl Source for KafkaSource {
         // Everything received is moved into `self.pending` before the next await point, so a
         // cancelled call loses nothing: the next call returns it.
         while self.pending.len() < max {
-            let received = match self.linger_deadline {
-                None => self.consumer.recv().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(r) => r,
-                    Err(_) => break,
+            let recv = async {
+                match self.linger_deadline {
+                    None => Some(self.consumer.recv().await),
+                    Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.recv()).await.ok(),
+                }
+            };
+            let received = tokio::select! {
+                r = recv => match r {
+                    Some(r) => r,
+                    None => break,
                 },
+                () = self.consumer.context().revocation.notified() => {
+                    self.take_rebalances();
+                    break;
+                }
             };
             match received {
                 Ok(m) => {
@@ -338,6 +354,11 @@ impl Source for KafkaSource {
             }
         }
         Ok(())
+    }
+
+    fn revoked(&mut self) -> bool {
+        self.take_rebalances();
+        std::mem::take(&mut self.revoked_since)
     }
 
     async fn commit(&mut self) -> Result<(), SourceError> {

@@ -203,7 +203,8 @@ impl TestEnv {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(log).expect("log file");
+        // Appended, so a restarted instance's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let log2 = log.try_clone().expect("log file");
         cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log2));
         cmd.spawn().expect("spawn delivery-pipeline")
@@ -233,6 +234,11 @@ where
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How many times `needle` appears in the log at `path`.
+pub fn log_count(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.matches(needle).count())
 }
 
 /// Sends SIGKILL (nothing runs after it: no drain, no commit, no cleanup).
