@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{TestEnv, as_set, sigkill, sigterm, wait_for};
-use delivery_pipeline::produce::{ProduceOptions, produce, producer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_buffer_is_adopted_under_a_new_instance_id() {
@@ -30,16 +29,7 @@ async fn a_killed_instances_buffer_is_adopted_under_a_new_instance_id() {
 
     // A steady load while the two share the partitions.
     const EVENTS: u64 = 12_000;
-    let opts = ProduceOptions {
-        brokers: common::KAFKA.into(),
-        topic: env.topic.clone(),
-        count: EVENTS,
-        rate: Some(600),
-        progress: false,
-        collect_ids: true,
-    };
-    let produced =
-        as_set(produce(&producer(common::KAFKA).expect("producer"), &opts).await.expect("produce").event_ids);
+    let produced = as_set(env.produce_in_background(EVENTS, 600).await.expect("load"));
 
     wait_for("every event consumed by A (into Redis) or B (into MySQL)", Duration::from_secs(90), || async {
         env.row_count().await + env.redis_keys_named("a").await as u64 >= EVENTS

@@ -5,7 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{OwnRedis, TestEnv, as_set, free_port, sigterm, wait_for};
-use delivery_pipeline::produce::{ProduceOptions, produce, producer};
 use dp_pipeline::CommitPolicy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,19 +22,7 @@ async fn redis_killed_for_20s_mid_run_loses_nothing_and_the_pipeline_keeps_going
 
     // Steady load: 1,000 events/s for 40 s.
     const EVENTS: u64 = 40_000;
-    let topic = env.topic.clone();
-    let load = tokio::spawn(async move {
-        let p = producer(common::KAFKA).expect("producer");
-        let opts = ProduceOptions {
-            brokers: common::KAFKA.into(),
-            topic,
-            count: EVENTS,
-            rate: Some(1_000),
-            progress: false,
-            collect_ids: true,
-        };
-        produce(&p, &opts).await.expect("produce")
-    });
+    let load = env.produce_in_background(EVENTS, 1_000);
 
     wait_for("rows flowing before the outage", Duration::from_secs(60), || async {
         env.row_count().await >= 3_000
@@ -54,8 +41,7 @@ async fn redis_killed_for_20s_mid_run_loses_nothing_and_the_pipeline_keeps_going
     );
     redis.restart();
 
-    let report = load.await.expect("load task");
-    let produced = as_set(report.event_ids);
+    let produced = as_set(load.await.expect("load task"));
     wait_for("every event stored", Duration::from_secs(90), || async { env.row_count().await >= EVENTS })
         .await;
     // Backups resumed: new records went to the restarted Redis, and were deleted once delivered.

@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, as_set, log_count, sigterm, wait_for};
-use delivery_pipeline::produce::{ProduceOptions, produce, producer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_three_instances_with_sigterm_loses_and_duplicates_nothing() {
@@ -30,17 +29,7 @@ async fn rolling_restart(name: &str, assignor: &str) {
     let mut children: Vec<_> = names.iter().map(|n| env.spawn_named(n, &["run"], &settings)).collect();
 
     const EVENTS: u64 = 30_000;
-    let opts = ProduceOptions {
-        brokers: common::KAFKA.into(),
-        topic: env.topic.clone(),
-        count: EVENTS,
-        rate: Some(1_000),
-        progress: false,
-        collect_ids: true,
-    };
-    let load = tokio::spawn(async move {
-        produce(&producer(common::KAFKA).expect("producer"), &opts).await.expect("produce")
-    });
+    let load = env.produce_in_background(EVENTS, 1_000);
 
     // As Kubernetes does, restart one pod only once the previous one is ready: here, when it
     // holds partitions. (tansu also wedges a group whose member leaves while it is forming.)
@@ -68,7 +57,7 @@ async fn rolling_restart(name: &str, assignor: &str) {
         })
         .await;
     }
-    let produced = as_set(load.await.expect("load").event_ids);
+    let produced = as_set(load.await.expect("load"));
     wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
         .await;
     for (name, child) in names.iter().zip(children.iter_mut()) {

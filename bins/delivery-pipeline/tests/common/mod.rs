@@ -113,6 +113,24 @@ impl TestEnv {
         report.event_ids
     }
 
+    /// Produces `count` events at `rate` per second in the background; the task returns their
+    /// event ids.
+    pub fn produce_in_background(&self, count: u64, rate: u64) -> tokio::task::JoinHandle<Vec<String>> {
+        let opts = ProduceOptions {
+            brokers: KAFKA.into(),
+            topic: self.topic.clone(),
+            count,
+            rate: Some(rate),
+            progress: false,
+            collect_ids: true,
+        };
+        tokio::spawn(async move {
+            let report = produce(&producer(KAFKA).expect("producer"), &opts).await.expect("produce");
+            assert_eq!(report.produced, count);
+            report.event_ids
+        })
+    }
+
     pub async fn mysql(&self) -> mysql_async::Conn {
         let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(MYSQL_URL).expect("url"))
             .prefer_socket(false);
