@@ -139,6 +139,18 @@ pub struct RedisBuffer {
     lease_ttl: Duration,
 }
 
+/// Writes records only while nobody has claimed this instance's buffer: an instance whose lease
+/// expired while it was alive (Redis unreachable for longer than the TTL) must not add keys
+/// under an adopter's `SCAN`, which could miss them and let the watermark jump a gap.
+const APPEND_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('MSET', unpack(ARGV))
+return 1
+"#;
+
+/// Key/value pairs per `APPEND_SCRIPT` call (Lua's `unpack` takes a few thousand arguments).
+const APPEND_CHUNK: usize = 1000;
+
 /// Sets the claim on an orphan only while its lease is absent, and only once.
 const CLAIM_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -290,9 +302,24 @@ impl Buffer for RedisBuffer {
         }
         let keys: Vec<String> =
             records.iter().map(|_| format!("{}{}", self.buffer_prefix, Uuid::now_v7().as_simple())).collect();
-        let pairs: Vec<(&str, Vec<u8>)> =
-            keys.iter().map(String::as_str).zip(records.iter().map(encode_record)).collect();
-        self.client.mset(pairs).await.map_err(|e| transient("MSET", e))?;
+        let claim = self.claim_key(&self.instance_id);
+        for (ks, rs) in keys.chunks(APPEND_CHUNK).zip(records.chunks(APPEND_CHUNK)) {
+            let mut args: Vec<Value> = Vec::with_capacity(ks.len() * 2);
+            for (k, r) in ks.iter().zip(rs) {
+                args.push(Value::from(k.as_str()));
+                args.push(Value::Bytes(encode_record(r).into()));
+            }
+            let written: i64 = self
+                .client
+                .eval(APPEND_SCRIPT, vec![claim.as_str()], args)
+                .await
+                .map_err(|e| transient("MSET", e))?;
+            if written == 0 {
+                return Err(BufferError::transient(
+                    "this instance's buffer is being adopted by another instance (its lease had expired); holding records in memory",
+                ));
+            }
+        }
         Ok(keys.into_iter().map(BufferKey).collect())
     }
 
@@ -309,7 +336,18 @@ impl Buffer for RedisBuffer {
     }
 
     async fn healthcheck(&self) -> Result<(), BufferError> {
-        self.client.ping::<()>(None).await.map_err(|e| transient("PING", e))
+        self.client.ping::<()>(None).await.map_err(|e| transient("PING", e))?;
+        let claimed: i64 = self
+            .client
+            .exists(self.claim_key(&self.instance_id))
+            .await
+            .map_err(|e| transient("EXISTS", e))?;
+        if claimed > 0 {
+            return Err(BufferError::transient(
+                "this instance's buffer is being adopted by another instance",
+            ));
+        }
+        Ok(())
     }
 
     fn heartbeat_interval(&self) -> Option<Duration> {

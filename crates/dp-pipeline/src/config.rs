@@ -165,6 +165,15 @@ impl Config {
         if self.buffer.flush_interval.is_zero() {
             return Err("buffer.flush_interval: must be greater than zero, e.g. \"30s\"".into());
         }
+        if self.buffer.flush_interval > Duration::from_secs(24 * 3600) {
+            return Err("buffer.flush_interval: at most 24h".into());
+        }
+        if self.retry.max_backoff > Duration::from_secs(24 * 3600) {
+            return Err("retry.max_backoff: at most 24h".into());
+        }
+        if self.shutdown_timeout > Duration::from_secs(3600) {
+            return Err("shutdown_timeout: at most 1h".into());
+        }
         if self.retry.initial_backoff.is_zero() || self.retry.max_backoff < self.retry.initial_backoff {
             return Err(
                 "retry.initial_backoff / retry.max_backoff: need 0 < initial_backoff <= max_backoff".into()

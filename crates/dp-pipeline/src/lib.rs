@@ -51,8 +51,14 @@ pub enum BuildError {
 /// creates the Kafka consumer.
 pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
     config.validate().map_err(BuildError::Config)?;
-    let sink =
-        dp_sink_mysql::MysqlSink::connect(&config.mysql).await?.with_consumer_group(&config.kafka.group_id);
+    let mut sink = dp_sink_mysql::MysqlSink::connect(&config.mysql).await?;
+    // The watermark says "everything below is stored". Under after_buffer, Kafka commits past
+    // messages that are only in Redis, so a new owner's batches would raise the watermark over
+    // messages another instance still holds; there, idempotency rests on the unique key alone.
+    let watermarks = config.commit_policy == CommitPolicy::AfterSink;
+    if watermarks {
+        sink = sink.with_consumer_group(&config.kafka.group_id);
+    }
     let buffer = dp_buffer_redis::RedisBuffer::connect(&config.redis, &config.instance_id).await?;
     if config.commit_policy == CommitPolicy::AfterBuffer {
         match buffer.persistence().await {
@@ -85,8 +91,10 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
             }
         }
     }
-    let source = dp_source_kafka::KafkaSource::new(&config.kafka)?
-        .with_watermarks(Arc::new(sink.clone()) as Arc<dyn Watermarks>);
+    let mut source = dp_source_kafka::KafkaSource::new(&config.kafka)?;
+    if watermarks {
+        source = source.with_watermarks(Arc::new(sink.clone()) as Arc<dyn Watermarks>);
+    }
     Ok(Pipeline::new(
         Box::new(source),
         Arc::new(buffer),

@@ -131,13 +131,14 @@ impl Pipeline {
         let started = Instant::now();
         let Self { mut source, deliverer, buffer_config, shutdown_timeout, commit_policy } = self;
         let stats = Arc::clone(&deliverer.stats);
+        // The lease must stay alive through a long restore, or another instance adopts us.
+        let background = AbortOnDrop(leases(&deliverer, buffer_config.max_rows));
         restore(&deliverer, buffer_config.max_rows).await?;
         let mut write_ahead = WriteAhead::new(
             Arc::clone(&deliverer.buffer),
             Arc::clone(&stats),
             Arc::clone(&deliverer.buffer_healthy),
         );
-        let background = leases(&deliverer, buffer_config.max_rows);
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
@@ -214,9 +215,7 @@ impl Pipeline {
         if let Some((handle, _)) = in_flight.take() {
             handle.abort();
         }
-        for task in background {
-            task.abort();
-        }
+        drop(background);
         if let Err(e) = source.close().await {
             tracing::warn!(error = %e, "closing the source failed");
         }
@@ -250,6 +249,17 @@ async fn restore(deliverer: &Arc<Deliverer>, max_rows: usize) -> Result<(), Pipe
         PipelineStats::add(&deliverer.stats.restored, n);
     }
     Ok(())
+}
+
+/// Aborts its tasks when dropped, so no background task outlives `run`, on any path.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Starts the lease heartbeat and the adoption of orphaned buffers, for a buffer with leases.

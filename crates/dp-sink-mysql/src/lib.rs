@@ -15,7 +15,7 @@
 pub mod mapping;
 pub mod sql;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -388,6 +388,26 @@ impl MysqlSink {
         Ok(())
     }
 
+    /// Which of `records` to write: not below its partition's watermark (stored already), and
+    /// not a second copy of an offset earlier in the same batch (a partition re-read after an
+    /// eager rebalance can put both copies in one batch).
+    async fn fresh_records(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: &[Record],
+    ) -> Result<Vec<bool>, SinkError> {
+        let marks = self.lock_watermarks(tx, records).await?;
+        let mut seen: HashSet<(&str, i32, i64)> = HashSet::with_capacity(records.len());
+        Ok(records
+            .iter()
+            .map(|r| {
+                let below =
+                    marks.get(&*r.topic).and_then(|ps| ps.get(&r.partition)).is_some_and(|&w| r.offset < w);
+                !below && seen.insert((&*r.topic, r.partition, r.offset))
+            })
+            .collect())
+    }
+
     /// Locks and reads the watermarks of the partitions in `records`, for the transaction.
     async fn lock_watermarks(
         &self,
@@ -403,6 +423,15 @@ impl MysqlSink {
             params.push(Value::from(*t));
             params.push(Value::from(*p));
         }
+        // Seed missing rows first, so `FOR UPDATE` always locks a row (under READ COMMITTED a
+        // missing row would lock nothing and two writers could both pass).
+        let mut seed: Vec<Value> = Vec::with_capacity(partitions.len() * 4);
+        for (t, p) in &partitions {
+            seed.extend([Value::from(&**group), Value::from(*t), Value::from(*p), Value::from(0i64)]);
+        }
+        tx.exec_drop(sql::advance_offsets(&self.offsets_table, partitions.len()), seed)
+            .await
+            .map_err(|e| classify("cannot seed offset watermarks", e))?;
         let found: Vec<(String, i32, i64)> = tx
             .exec(sql::lock_offsets(&self.offsets_table, partitions.len()), params)
             .await
@@ -508,10 +537,22 @@ impl Sink for MysqlSink {
         if records.is_empty() {
             return Ok(BatchOutcome::default());
         }
+        // Map outside the transaction, to hold the watermark locks briefly.
+        let mapped: Vec<Result<Row<'_>, mapping::Rejection>> =
+            records.iter().map(|r| self.mapping.map(r)).collect();
+        let mut conn = self.begin().await?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| classify("cannot start a transaction", e))?;
+        let keep = self.fresh_records(&mut tx, records).await?;
         let mut rows = Vec::with_capacity(records.len());
         let mut rejected = Vec::new();
-        for r in records {
-            match self.mapping.map(r) {
+        for ((r, m), keep) in records.iter().zip(mapped).zip(keep) {
+            if !keep {
+                continue;
+            }
+            match m {
                 Ok(row) => rows.push((r, row)),
                 Err(rej) => rejected.push(DeadLetter {
                     record: r.clone(),
@@ -522,17 +563,6 @@ impl Sink for MysqlSink {
                 }),
             }
         }
-        let mut conn = self.begin().await?;
-        let mut tx = conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(|e| classify("cannot start a transaction", e))?;
-        let marks = self.lock_watermarks(&mut tx, records).await?;
-        let fresh = |r: &Record| {
-            marks.get(&*r.topic).and_then(|ps| ps.get(&r.partition)).is_none_or(|&w| r.offset >= w)
-        };
-        rows.retain(|(r, _)| fresh(r));
-        rejected.retain(|d| fresh(&d.record));
         let inserted = self.insert_rows(&mut tx, &rows).await?;
         self.insert_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records.iter()).await?;
@@ -554,8 +584,12 @@ impl Sink for MysqlSink {
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
-        self.insert_dead_letters(&mut tx, entries).await?;
-        self.advance_watermarks(&mut tx, entries.iter().map(|d| &d.record)).await?;
+        let records: Vec<Record> = entries.iter().map(|d| d.record.clone()).collect();
+        let keep = self.fresh_records(&mut tx, &records).await?;
+        let fresh: Vec<DeadLetter> =
+            entries.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.clone()).collect();
+        self.insert_dead_letters(&mut tx, &fresh).await?;
+        self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))
     }
 

@@ -85,6 +85,14 @@ impl KafkaSourceConfig {
         if self.session_timeout < Duration::from_secs(1) {
             return Err("kafka.session_timeout: must be at least 1s".into());
         }
+        if self.poll_linger > Duration::from_secs(10) {
+            return Err("kafka.poll_linger: at most 10s".into());
+        }
+        if self.session_timeout > Duration::from_secs(3600)
+            || self.commit_interval > Duration::from_secs(3600)
+        {
+            return Err("kafka.session_timeout / kafka.commit_interval: at most 1h".into());
+        }
         if self.commit_interval.is_zero() {
             return Err("kafka.commit_interval: must be greater than zero".into());
         }

@@ -269,8 +269,14 @@ fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) ->
 impl Source for KafkaSource {
     async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError> {
         let max = max.max(1);
-        if !self.held.is_empty() {
-            self.check_held().await?;
+        if !self.held.is_empty()
+            && let Err(e) = self.check_held().await
+        {
+            if self.pending.is_empty() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "start positions not checked yet; retrying on the next poll");
+            return Ok(std::mem::take(&mut self.pending));
         }
         // Everything received is moved into `self.pending` before the next await point, so a
         // cancelled call loses nothing: the next call returns it.
