@@ -19,12 +19,12 @@
 //! is not deleted and not lost: it is renamed to `<prefix>:quarantine:<instance-id>:<uuid>` for
 //! an operator to inspect, and reported in the log.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dp_core::{Buffer, BufferError, BufferKey, Orphan, Record, SecretUrl, decode_record, encode_record};
 use fred::prelude::*;
-use fred::types::Expiration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -137,6 +137,10 @@ pub struct RedisBuffer {
     buffer_prefix: String,
     quarantine_prefix: String,
     lease_ttl: Duration,
+    /// Until when no claim on this instance can exist: a renewal confirmed there was none, and a
+    /// claim needs the lease to be gone, which takes a full TTL after that renewal. Until then
+    /// appends are a plain `MSET`; after, they go through the fenced script.
+    unclaimed_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Writes records only while nobody has claimed this instance's buffer: an instance whose lease
@@ -146,6 +150,14 @@ const APPEND_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('MSET', unpack(ARGV))
 return 1
+"#;
+
+/// Registers the instance, renews its lease and reports whether someone holds a claim on it,
+/// in one atomic step.
+const RENEW_SCRIPT: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return redis.call('EXISTS', KEYS[3])
 "#;
 
 /// Key/value pairs per `APPEND_SCRIPT` call (Lua's `unpack` takes a few thousand arguments).
@@ -203,6 +215,7 @@ impl RedisBuffer {
             buffer_prefix: format!("{}:buffer:{instance_id}:", config.key_prefix),
             quarantine_prefix: format!("{}:quarantine:{instance_id}:", config.key_prefix),
             lease_ttl: config.lease_ttl,
+            unclaimed_until: Arc::default(),
         };
         // Claim our own buffer before anything else, so nobody adopts it while we restore.
         buffer
@@ -229,18 +242,29 @@ impl RedisBuffer {
     }
 
     async fn renew_lease(&self) -> Result<(), fred::error::Error> {
-        let ttl = self.lease_ttl.as_millis() as i64;
-        let pipe = self.client.pipeline();
-        pipe.sadd::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await?;
-        pipe.set::<(), _, _>(
-            self.lease_key(&self.instance_id),
-            now_millis(),
-            Some(Expiration::PX(ttl)),
-            None,
-            false,
-        )
-        .await?;
-        pipe.all::<Vec<Value>>().await.map(|_| ())
+        let sent = Instant::now();
+        let claimed: i64 = self
+            .client
+            .eval(
+                RENEW_SCRIPT,
+                vec![
+                    self.registry_key(),
+                    self.lease_key(&self.instance_id),
+                    self.claim_key(&self.instance_id),
+                ],
+                vec![
+                    self.instance_id.clone(),
+                    now_millis().to_string(),
+                    (self.lease_ttl.as_millis() as i64).to_string(),
+                ],
+            )
+            .await?;
+        // Three quarters of the TTL, measured from before the request: margin for clock drift.
+        let until = (claimed == 0).then(|| sent + self.lease_ttl * 3 / 4);
+        if let Ok(mut u) = self.unclaimed_until.lock() {
+            *u = until;
+        }
+        Ok(())
     }
 
     /// The underlying client, for callers that need other commands (tests, health checks).
@@ -251,6 +275,10 @@ impl RedisBuffer {
     /// The `SCAN MATCH` pattern of this instance's keys.
     pub fn key_pattern(&self) -> String {
         format!("{}*", self.buffer_prefix)
+    }
+
+    fn surely_unclaimed(&self) -> bool {
+        self.unclaimed_until.lock().ok().and_then(|u| *u).is_some_and(|u| Instant::now() < u)
     }
 
     /// Redis's persistence settings (`CONFIG GET appendonly` and `appendfsync`).
@@ -302,6 +330,12 @@ impl Buffer for RedisBuffer {
         }
         let keys: Vec<String> =
             records.iter().map(|_| format!("{}{}", self.buffer_prefix, Uuid::now_v7().as_simple())).collect();
+        if self.surely_unclaimed() {
+            let pairs: Vec<(&str, Vec<u8>)> =
+                keys.iter().map(String::as_str).zip(records.iter().map(encode_record)).collect();
+            self.client.mset(pairs).await.map_err(|e| transient("MSET", e))?;
+            return Ok(keys.into_iter().map(BufferKey).collect());
+        }
         let claim = self.claim_key(&self.instance_id);
         for (ks, rs) in keys.chunks(APPEND_CHUNK).zip(records.chunks(APPEND_CHUNK)) {
             let mut args: Vec<Value> = Vec::with_capacity(ks.len() * 2);
