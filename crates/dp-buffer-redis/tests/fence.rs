@@ -1,7 +1,6 @@
 //! Against the real Redis on 127.0.0.1:6379: an instance whose buffer is being adopted writes
 //! nothing more to it, and reports itself unhealthy until the claim ends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig};
@@ -9,15 +8,7 @@ use dp_core::{Buffer, Record};
 use fred::prelude::*;
 
 fn rec(offset: i64) -> Record {
-    Record {
-        topic: Arc::from("t"),
-        partition: 0,
-        offset,
-        key: None,
-        headers: vec![],
-        timestamp_ms: None,
-        payload: Some(b"{}".to_vec()),
-    }
+    Record::new("t", 0, offset, Some(b"{}".to_vec()))
 }
 
 #[tokio::test]

@@ -133,22 +133,12 @@ impl Accumulator {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use proptest::prelude::*;
 
     use super::*;
 
     fn rec(offset: i64) -> Record {
-        Record {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            key: None,
-            headers: vec![],
-            timestamp_ms: None,
-            payload: Some(vec![b'x'; 10]),
-        }
+        Record::new("t", 0, offset, Some(vec![b'x'; 10]))
     }
 
     fn recs(range: std::ops::Range<i64>) -> Vec<Record> {

@@ -50,6 +50,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record with the given coordinates and value, and no key, headers or timestamp.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64, payload: Option<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+            payload,
+        }
+    }
+
     /// The record's coordinates.
     pub fn coordinates(&self) -> Coordinates {
         Coordinates { topic: Arc::clone(&self.topic), partition: self.partition, offset: self.offset }

@@ -13,15 +13,7 @@ use dp_core::{
 use super::*;
 
 fn rec(offset: i64) -> Record {
-    Record {
-        topic: Arc::from("t"),
-        partition: (offset % 2) as i32,
-        offset,
-        key: None,
-        headers: vec![],
-        timestamp_ms: None,
-        payload: Some(format!("{{\"n\":{offset}}}").into_bytes()),
-    }
+    Record::new("t", (offset % 2) as i32, offset, Some(format!("{{\"n\":{offset}}}").into_bytes()))
 }
 
 #[derive(Default, Clone)]

@@ -163,15 +163,7 @@ mod tests {
     }
 
     fn rec(partition: i32, offset: i64) -> Record {
-        Record {
-            topic: Arc::from("t"),
-            partition,
-            offset,
-            key: None,
-            headers: vec![],
-            timestamp_ms: None,
-            payload: None,
-        }
+        Record::new("t", partition, offset, None)
     }
 
     /// The records of a partition that reach the buffer never leave a hole: after a failed

@@ -1,22 +1,12 @@
 //! The MySQL sink against the real MariaDB on 127.0.0.1:3306: the watermark filter, in-batch
 //! duplicate offsets and the dead-letter path, on a table without a unique key.
 
-use std::sync::Arc;
-
 use dp_core::{DeadLetter, Record, SecretUrl, Sink};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
 use mysql_async::prelude::Queryable;
 
 fn rec(offset: i64) -> Record {
-    Record {
-        topic: Arc::from("t"),
-        partition: 0,
-        offset,
-        key: None,
-        headers: vec![],
-        timestamp_ms: None,
-        payload: Some(format!(r#"{{"status":"S{offset}"}}"#).into_bytes()),
-    }
+    Record::new("t", 0, offset, Some(format!(r#"{{"status":"S{offset}"}}"#).into_bytes()))
 }
 
 async fn sink_without_unique_key(name: &str) -> (MysqlSink, mysql_async::Conn, String) {

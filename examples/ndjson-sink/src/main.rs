@@ -110,15 +110,7 @@ mod tests {
     use super::*;
 
     fn rec(offset: i64) -> Record {
-        Record {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            key: None,
-            headers: vec![],
-            timestamp_ms: None,
-            payload: Some(format!("{{\"n\":{offset}}}").into_bytes()),
-        }
+        Record::new("t", 0, offset, Some(format!("{{\"n\":{offset}}}").into_bytes()))
     }
 
     #[tokio::test]
