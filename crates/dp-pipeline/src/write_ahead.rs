@@ -54,11 +54,15 @@ impl WriteAhead {
     /// everything when the buffer is down, stays in memory only and suspends its partition.
     pub(crate) async fn append(&mut self, chunk: &[Record]) -> Appended {
         let mut keys = Vec::new();
-        let (to_write, memory_only): (Vec<&Record>, Vec<&Record>) = if self.is_healthy() {
-            chunk.iter().partition(|r| !self.suspended.contains_key(&(Arc::clone(&r.topic), r.partition)))
-        } else {
-            (Vec::new(), chunk.iter().collect())
-        };
+        let (to_write, memory_only): (Vec<&Record>, Vec<&Record>) =
+            if self.is_healthy() && self.suspended.is_empty() {
+                // The common case: no per-record lookup.
+                (chunk.iter().collect(), Vec::new())
+            } else if self.is_healthy() {
+                chunk.iter().partition(|r| !self.suspended.contains_key(&(Arc::clone(&r.topic), r.partition)))
+            } else {
+                (Vec::new(), chunk.iter().collect())
+            };
         let mut failed: Vec<&Record> = Vec::new();
         if !to_write.is_empty() {
             let owned: Vec<Record>;
