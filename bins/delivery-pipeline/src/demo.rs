@@ -66,6 +66,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     config.kafka.topics = vec![topic.into()];
     config.kafka.group_id = format!("demo-{}", uuid::Uuid::now_v7().as_simple());
     config.kafka.session_timeout = Duration::from_secs(6);
+    config.kafka.revocation_timeout = Duration::from_secs(3);
     config.mysql.table = "demo_delivery_events".into();
     config.mysql.dead_letter_table = None;
     config.mysql.create_table = true;

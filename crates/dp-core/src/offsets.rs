@@ -84,6 +84,14 @@ impl OffsetTracker {
         }
     }
 
+    /// True when every record of `topic`/`partition` handed out is delivered (or none was).
+    pub fn settled(&self, topic: &str, partition: i32) -> bool {
+        self.topics
+            .get(topic)
+            .and_then(|ps| ps.get(&partition))
+            .is_none_or(|p| p.pending.iter().all(|&(_, delivered)| delivered))
+    }
+
     /// Records handed out and not yet delivered, over all partitions.
     pub fn pending(&self) -> usize {
         self.topics
@@ -171,6 +179,20 @@ mod tests {
         tr.forget("t", 0);
         assert!(!tr.acknowledge("t", 0, 1));
         assert!(tr.take_commits().is_empty());
+    }
+
+    #[test]
+    fn a_partition_is_settled_once_everything_handed_out_is_delivered() {
+        let mut tr = OffsetTracker::new();
+        assert!(tr.settled("t", 0), "nothing handed out");
+        tr.register(&t(), 0, 1);
+        tr.register(&t(), 0, 2);
+        tr.register(&t(), 1, 1);
+        tr.acknowledge("t", 0, 2);
+        assert!(!tr.settled("t", 0), "offset 1 is not delivered");
+        tr.acknowledge("t", 0, 1);
+        assert!(tr.settled("t", 0));
+        assert!(!tr.settled("t", 1), "partitions are independent");
     }
 
     proptest! {

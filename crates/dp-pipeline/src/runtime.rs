@@ -70,6 +70,9 @@ pub enum PipelineError {
         "shutdown did not finish within {0:?}; undelivered records stay in the buffer for the next start"
     )]
     ShutdownTimeout(Duration),
+    /// The source failed in a way retrying cannot fix. What it handed out is drained first.
+    #[error("source failed: {0}")]
+    Source(#[source] dp_core::SourceError),
     /// A flush task panicked or was cancelled.
     #[error("flush task failed: {0}")]
     Task(String),
@@ -144,6 +147,7 @@ impl Pipeline {
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
         // Set when partitions were revoked: flush everything buffered as soon as possible.
         let mut flush_now = false;
+        let mut failed: Option<PipelineError> = None;
         tokio::pin!(shutdown);
         loop {
             if flush_now && in_flight.is_none() {
@@ -185,6 +189,11 @@ impl Pipeline {
                         } else if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
                             in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                         }
+                    }
+                    Err(e) if !e.is_transient() => {
+                        tracing::error!(error = %e, "source failed; draining and stopping");
+                        failed = Some(PipelineError::Source(e));
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "source poll failed; retrying in 1s");
@@ -229,6 +238,9 @@ impl Pipeline {
         match drained {
             Ok(r) => r?,
             Err(_) => return Err(PipelineError::ShutdownTimeout(shutdown_timeout)),
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(RunSummary { stats: stats.snapshot(), elapsed: started.elapsed() })
     }

@@ -25,6 +25,10 @@ pub struct KafkaSourceConfig {
     /// arrive right behind it, so they share one write to the buffer.
     #[serde(with = "humantime_serde")]
     pub poll_linger: Duration,
+    /// On a rebalance, how long revoked partitions wait for what is buffered of them to be
+    /// delivered and committed before they are let go. Must be below `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub revocation_timeout: Duration,
     /// Extra librdkafka settings (e.g. `"security.protocol" = "ssl"`). The settings this source
     /// relies on for its guarantees cannot be overridden here.
     pub properties: BTreeMap<String, String>,
@@ -39,6 +43,7 @@ impl Default for KafkaSourceConfig {
             session_timeout: Duration::from_secs(30),
             commit_interval: Duration::from_secs(5),
             poll_linger: Duration::from_millis(10),
+            revocation_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
         }
     }
@@ -92,6 +97,12 @@ impl KafkaSourceConfig {
             || self.commit_interval > Duration::from_secs(3600)
         {
             return Err("kafka.session_timeout / kafka.commit_interval: at most 1h".into());
+        }
+        if self.revocation_timeout >= self.session_timeout {
+            return Err(format!(
+                "kafka.revocation_timeout: {:?} must be below kafka.session_timeout ({:?})",
+                self.revocation_timeout, self.session_timeout
+            ));
         }
         if self.commit_interval.is_zero() {
             return Err("kafka.commit_interval: must be greater than zero".into());
@@ -157,6 +168,7 @@ mod tests {
         assert!(bad(&|c| c.topics = vec![]).starts_with("kafka.topics"));
         assert!(bad(&|c| c.topics = vec!["a b".into()]).starts_with("kafka.topics"));
         assert!(bad(&|c| c.group_id = " ".into()).starts_with("kafka.group_id"));
+        assert!(bad(&|c| c.revocation_timeout = c.session_timeout).starts_with("kafka.revocation_timeout"));
         assert!(
             bad(&|c| {
                 c.properties.insert("enable.auto.offset.store".into(), "true".into());

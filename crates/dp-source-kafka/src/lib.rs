@@ -9,24 +9,34 @@
 //! A new consumer group starts from the earliest offset (`auto.offset.reset=earliest`), as Kafka
 //! Connect sinks do, so nothing already in the topic is skipped.
 //!
-//! On revocation the tracker forgets the revoked partitions: a batch that completes after its
-//! partition moved to another member is never committed by this one (it is fenced), and the new
-//! owner re-reads from the last committed offset; the idempotent sink absorbs the overlap.
+//! The consumer is polled on a thread of its own ([`poller`]), which hands records over in
+//! chunks and runs the rebalance callback. That callback may block, so revocation is a
+//! hand-over: the revoked partitions stop being read, the pipeline flushes what it holds of
+//! them, the source acknowledges it, and only then (or after `revocation_timeout`) are the
+//! offsets committed and the partitions released. A batch that completes later, for a partition
+//! this member no longer owns, is never committed by it (it is fenced); the offset watermark in
+//! the sink keeps the next owner from storing it twice.
+//!
+//! While the pipeline is behind (it takes no records), the thread pauses the assigned partitions
+//! and goes on polling, so the member stays in the group however long the sink is down.
 
 mod config;
+mod poller;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{Header, OffsetTracker, Record, Source, SourceError, Watermarks};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use dp_core::{OffsetTracker, Record, Source, SourceError, Watermarks};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
+
+use poller::{Event, PollerContext, Shared};
 
 pub use config::{KafkaSourceConfig, string_or_list};
 
@@ -62,91 +72,58 @@ pub enum KafkaSourceError {
     },
 }
 
-/// Partitions revoked and assigned by rebalances, handed from the client's callback (which
-/// runs inside `recv`) to the source.
-#[derive(Default)]
-struct RebalanceContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-    assigned: Mutex<Vec<(String, i32)>>,
-    /// Wakes a waiting `poll` when partitions are revoked.
-    revocation: tokio::sync::Notify,
-}
-
-impl ClientContext for RebalanceContext {}
-
-impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                let parts: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                tracing::info!(partitions = ?parts, "kafka partitions revoked");
-                if let Ok(mut revoked) = self.revoked.lock() {
-                    revoked.extend(parts);
-                }
-                self.revocation.notify_one();
-            }
-            Rebalance::Assign(tpl) => {
-                let parts: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                tracing::info!(partitions = ?parts, "kafka partitions assigned");
-                if let Ok(mut assigned) = self.assigned.lock() {
-                    assigned.extend(parts);
-                }
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
-        }
-    }
-}
-
 /// A Kafka consumer-group member implementing [`Source`].
 pub struct KafkaSource {
-    consumer: StreamConsumer<RebalanceContext>,
+    consumer: Arc<BaseConsumer<PollerContext>>,
+    shared: Arc<Shared>,
+    events: UnboundedReceiver<Event>,
+    /// The polling thread; started by the first [`poll`](Source::poll).
+    thread: Option<std::thread::JoinHandle<()>>,
     tracker: OffsetTracker,
-    topics: HashMap<String, Arc<str>>,
-    pending: Vec<Record>,
+    /// Records taken from the thread and not yet returned by `poll` (so not yet registered).
+    pending: VecDeque<Record>,
     linger: Duration,
-    linger_deadline: Option<Instant>,
-    watermarks: Option<Arc<dyn Watermarks>>,
-    /// Assigned partitions whose start position was not yet checked against the watermarks.
-    unchecked: HashSet<(String, i32)>,
-    /// Records of unchecked partitions, waiting for that check.
-    held: Vec<Record>,
+    /// A revocation in progress: its generation and partitions.
+    revoking: Option<(u64, Vec<(String, i32)>)>,
     /// Partitions were revoked since [`Source::revoked`] was last asked.
     revoked_since: bool,
 }
 
 impl KafkaSource {
     /// Creates the consumer and subscribes to the configured topics. Joining the group happens
-    /// on the first [`poll`](Source::poll).
+    /// once the first [`poll`](Source::poll) starts the polling thread.
     pub fn new(config: &KafkaSourceConfig) -> Result<Self, KafkaSourceError> {
-        let consumer: StreamConsumer<RebalanceContext> = config
+        let shared = Arc::new(Shared::new(config.revocation_timeout));
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let context = PollerContext { shared: Arc::clone(&shared), events: tx };
+        let consumer: BaseConsumer<PollerContext> = config
             .client_config()
-            .create_with_context(RebalanceContext::default())
+            .create_with_context(context)
             .map_err(|source| KafkaSourceError::Create { brokers: config.brokers.clone(), source })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|source| KafkaSourceError::Subscribe { topics: config.topics.clone(), source })?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            shared,
+            events,
+            thread: None,
             tracker: OffsetTracker::new(),
-            topics: HashMap::new(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             linger: config.poll_linger,
-            linger_deadline: None,
-            watermarks: None,
-            unchecked: HashSet::new(),
-            held: Vec::new(),
+            revoking: None,
             revoked_since: false,
         })
     }
 
     /// Starts each newly assigned partition at the larger of Kafka's committed offset and the
     /// watermark `store` reports, so records already stored are not read again even when the
-    /// Kafka commit was lost.
-    pub fn with_watermarks(mut self, store: Arc<dyn Watermarks>) -> Self {
-        self.watermarks = Some(store);
+    /// Kafka commit was lost. Call before the first poll.
+    pub fn with_watermarks(self, store: Arc<dyn Watermarks>) -> Self {
+        if self.shared.watermarks.set(store).is_err() {
+            tracing::warn!("watermark store already set; keeping the first one");
+        }
         self
     }
 
@@ -171,168 +148,113 @@ impl KafkaSource {
         self.tracker.pending()
     }
 
-    fn take_rebalances(&mut self) {
-        let ctx = self.consumer.context();
-        let revoked = ctx.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
-        let assigned = ctx.assigned.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
-        for (topic, partition) in revoked {
-            self.revoked_since = true;
-            self.tracker.forget(&topic, partition);
-            self.held.retain(|r| !(*r.topic == *topic && r.partition == partition));
-            self.unchecked.remove(&(topic, partition));
+    fn start_thread(&mut self) -> Result<(), SourceError> {
+        if self.thread.is_some() {
+            return Ok(());
         }
-        if self.watermarks.is_some() {
-            self.unchecked.extend(assigned);
-        }
-    }
-
-    fn accept(&mut self, record: Record) {
-        self.tracker.register(&record.topic, record.partition, record.offset);
-        self.pending.push(record);
-    }
-
-    /// Checks held records' partitions against the watermarks: a partition whose watermark is
-    /// ahead of the first record read is moved forward to it (`seek`), and what was read below
-    /// it is dropped; records at or above it are accepted.
-    async fn check_held(&mut self) -> Result<(), SourceError> {
-        let Some(store) = self.watermarks.clone() else { return Ok(()) };
-        let wanted: Vec<(String, i32)> = self
-            .held
-            .iter()
-            .map(|r| (r.topic.to_string(), r.partition))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let marks = store.next_offsets(&wanted).await.map_err(|e| {
-            SourceError::transient("cannot read start positions from the watermark store").with_source(e)
-        })?;
-        let mark = |t: &str, p: i32| marks.iter().find(|(mt, mp, _)| mt == t && *mp == p).map(|m| m.2);
-        let mut seeked: HashSet<(String, i32)> = HashSet::new();
-        for (topic, partition) in &wanted {
-            let first =
-                self.held.iter().find(|r| *r.topic == **topic && r.partition == *partition).map(|r| r.offset);
-            if let (Some(w), Some(first)) = (mark(topic, *partition), first)
-                && first < w
-            {
-                tracing::info!(
-                    topic,
-                    partition,
-                    kafka_position = first,
-                    watermark = w,
-                    "partition starts at the stored watermark, ahead of kafka's committed offset"
-                );
-                self.consumer.seek(topic, *partition, Offset::Offset(w), Duration::from_secs(10)).map_err(
-                    |e| SourceError::transient("cannot seek to the stored watermark").with_source(e),
-                )?;
-                seeked.insert((topic.clone(), *partition));
-            }
-            self.unchecked.remove(&(topic.clone(), *partition));
-        }
-        // After a seek the client re-reads from the watermark, so nothing read before it is kept.
-        for r in std::mem::take(&mut self.held) {
-            if !seeked.contains(&(r.topic.to_string(), r.partition)) {
-                self.accept(r);
-            }
-        }
+        // The rebalance callback reads watermarks through the runtime `poll` runs on.
+        let _ = self.shared.runtime.set(tokio::runtime::Handle::current());
+        let consumer = Arc::clone(&self.consumer);
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || poller::run(consumer))
+            .map_err(|e| SourceError::permanent("cannot start the kafka consumer thread").with_source(e))?;
+        self.thread = Some(thread);
         Ok(())
+    }
+
+    /// Handles one event from the thread. Returns true when `poll` should return at once.
+    fn handle(&mut self, event: Event) -> Result<bool, SourceError> {
+        match event {
+            Event::Records(records) => {
+                self.shared.queued.fetch_sub(records.len(), Ordering::AcqRel);
+                self.pending.extend(records);
+                Ok(false)
+            }
+            Event::Revoking { generation, partitions } => {
+                // Taken from the thread but not handed out: the next owner reads them.
+                self.pending.retain(|r| !partitions.iter().any(|(t, p)| *t == *r.topic && *p == r.partition));
+                self.revoking = Some((generation, partitions));
+                self.revoked_since = true;
+                self.settle();
+                Ok(true)
+            }
+            Event::Revoked(partitions) => {
+                self.pending.retain(|r| !partitions.iter().any(|(t, p)| *t == *r.topic && *p == r.partition));
+                for (topic, partition) in &partitions {
+                    self.tracker.forget(topic, *partition);
+                }
+                if self.revoking.as_ref().is_some_and(|(_, p)| *p == partitions) {
+                    self.revoking = None;
+                }
+                Ok(false)
+            }
+            Event::Stopped => {
+                Err(SourceError::permanent("the kafka consumer thread stopped; see the error logged before"))
+            }
+            Event::Error(e) if self.pending.is_empty() => {
+                Err(SourceError::transient("kafka consumer error").with_source(e))
+            }
+            Event::Error(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Tells a revocation in progress that its partitions are settled, once nothing handed out
+    /// of them is waiting for delivery.
+    fn settle(&self) {
+        if let Some((generation, partitions)) = &self.revoking
+            && partitions.iter().all(|(t, p)| self.tracker.settled(t, *p))
+        {
+            self.shared.settle(*generation);
+        }
     }
 }
 
-/// Converts a message, sharing one `Arc<str>` per topic name across records.
-fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> Record {
-    let topic = match topics.get(m.topic()) {
-        Some(t) => Arc::clone(t),
-        None => {
-            let t: Arc<str> = Arc::from(m.topic());
-            topics.insert(m.topic().to_owned(), Arc::clone(&t));
-            t
-        }
-    };
-    let headers = m
-        .headers()
-        .map(|hs| {
-            hs.iter().map(|h| Header { name: h.key.to_owned(), value: h.value.map(<[u8]>::to_vec) }).collect()
-        })
-        .unwrap_or_default();
-    Record {
-        topic,
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        headers,
-        timestamp_ms: m.timestamp().to_millis(),
-        payload: m.payload().map(<[u8]>::to_vec),
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // The thread leaves the group and ends; the consumer closes with the last reference.
+        self.shared.request_stop();
     }
 }
 
 #[async_trait]
 impl Source for KafkaSource {
     async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError> {
+        self.start_thread()?;
         let max = max.max(1);
-        if !self.held.is_empty()
-            && let Err(e) = self.check_held().await
-        {
-            if self.pending.is_empty() {
-                return Err(e);
-            }
-            tracing::warn!(error = %e, "start positions not checked yet; retrying on the next poll");
-            return Ok(std::mem::take(&mut self.pending));
-        }
-        // Everything received is moved into `self.pending` before the next await point, so a
-        // cancelled call loses nothing: the next call returns it.
+        let mut deadline = (!self.pending.is_empty()).then(|| Instant::now() + self.linger);
+        // Every event is applied to `self` before the next await point, so a cancelled call
+        // loses nothing: the next call returns it.
         while self.pending.len() < max {
-            let recv = async {
-                match self.linger_deadline {
-                    None => Some(self.consumer.recv().await),
-                    Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.recv()).await.ok(),
-                }
-            };
-            let received = tokio::select! {
-                r = recv => match r {
-                    Some(r) => r,
-                    None => break,
+            let event = match deadline {
+                None => self.events.recv().await,
+                Some(d) => match tokio::time::timeout_at(d, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => break,
                 },
-                () = self.consumer.context().revocation.notified() => {
-                    self.take_rebalances();
-                    break;
-                }
             };
-            match received {
-                Ok(m) => {
-                    let record = to_record(&mut self.topics, &m);
-                    drop(m);
-                    self.take_rebalances();
-                    if self.unchecked.contains(&(record.topic.to_string(), record.partition)) {
-                        self.held.push(record);
-                        if let Err(e) = self.check_held().await {
-                            if self.pending.is_empty() {
-                                return Err(e);
-                            }
-                            tracing::warn!(error = %e, "start positions not checked yet; retrying on the next poll");
-                            break;
-                        }
-                    } else {
-                        self.accept(record);
-                    }
-                    if !self.pending.is_empty() {
-                        self.linger_deadline.get_or_insert_with(|| Instant::now() + self.linger);
-                    }
-                }
-                Err(e) if !self.pending.is_empty() => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    break;
-                }
-                Err(e) => {
-                    return Err(SourceError::transient("kafka consumer error").with_source(e));
-                }
+            let Some(event) = event else {
+                return Err(SourceError::permanent("the kafka consumer thread stopped"));
+            };
+            if self.handle(event)? {
+                break;
+            }
+            if !self.pending.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + self.linger);
             }
         }
-        self.linger_deadline = None;
-        Ok(std::mem::take(&mut self.pending))
+        let n = self.pending.len().min(max);
+        let out: Vec<Record> = self.pending.drain(..n).collect();
+        for r in &out {
+            self.tracker.register(&r.topic, r.partition, r.offset);
+        }
+        Ok(out)
     }
 
     fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {
-        self.take_rebalances();
         for r in delivered {
             self.tracker.acknowledge(&r.topic, r.partition, r.offset);
         }
@@ -359,11 +281,11 @@ impl Source for KafkaSource {
                 }
             }
         }
+        self.settle();
         Ok(())
     }
 
     fn revoked(&mut self) -> bool {
-        self.take_rebalances();
         std::mem::take(&mut self.revoked_since)
     }
 
@@ -376,7 +298,12 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<(), SourceError> {
-        self.consumer.unsubscribe();
-        Ok(())
+        self.shared.request_stop();
+        let Some(thread) = self.thread.take() else { return Ok(()) };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SourceError::permanent("the kafka consumer thread panicked")),
+            Err(e) => Err(SourceError::permanent("cannot wait for the kafka consumer thread").with_source(e)),
+        }
     }
 }

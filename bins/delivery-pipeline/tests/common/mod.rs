@@ -67,6 +67,7 @@ impl TestEnv {
         c.kafka.topics = vec![self.topic.clone()];
         c.kafka.group_id = self.group.clone();
         c.kafka.session_timeout = Duration::from_secs(6);
+        c.kafka.revocation_timeout = Duration::from_secs(3);
         c.mysql.table = self.table.clone();
         c.redis.key_prefix = self.key_prefix.clone();
         c.buffer.flush_interval = Duration::from_secs(1);
@@ -82,6 +83,7 @@ impl TestEnv {
             ("DP_KAFKA__TOPICS".into(), self.topic.clone()),
             ("DP_KAFKA__GROUP_ID".into(), self.group.clone()),
             ("DP_KAFKA__SESSION_TIMEOUT".into(), "6s".into()),
+            ("DP_KAFKA__REVOCATION_TIMEOUT".into(), "3s".into()),
             ("DP_MYSQL__TABLE".into(), self.table.clone()),
             ("DP_REDIS__KEY_PREFIX".into(), self.key_prefix.clone()),
             ("DP_BUFFER__FLUSH_INTERVAL".into(), "1s".into()),

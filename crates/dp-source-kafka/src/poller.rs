@@ -1,0 +1,373 @@
+//! The consumer's own thread: it polls librdkafka, hands records to the async side in chunks,
+//! pauses the partitions while the pipeline is behind, and runs the rebalance callback.
+//!
+//! The callback runs on this thread, inside `poll`, so it may block: on revocation it waits
+//! (up to `revocation_timeout`) until the pipeline has delivered every record it holds of the
+//! revoked partitions, then commits before letting the partitions go. The async side is never
+//! blocked by it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use dp_core::{Header, Record, Watermarks};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Records per chunk handed to the async side.
+pub(crate) const CHUNK: usize = 500;
+/// Records handed over and not yet taken, above which the partitions are paused.
+const MAX_QUEUED: usize = 2 * CHUNK;
+/// How long one `poll` waits when there is nothing to hand over.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Bound on the calls the rebalance callback makes to look up start positions.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the thread tells the async side, in order.
+pub(crate) enum Event {
+    /// Records, in the order received (per partition, offset order).
+    Records(Vec<Record>),
+    /// Partitions are being revoked: deliver what is held of them, then settle `generation`.
+    Revoking { generation: u64, partitions: Vec<(String, i32)> },
+    /// Partitions were revoked: nothing more of them will be committed by this member.
+    Revoked(Vec<(String, i32)>),
+    /// The client reported an error.
+    Error(KafkaError),
+    /// The thread ended (it panicked, or the source is closing).
+    Stopped,
+}
+
+/// State shared by the thread, the callback it runs, and the async side.
+pub(crate) struct Shared {
+    /// Set when the source closes or is dropped: the thread leaves the group and ends.
+    pub(crate) stop: AtomicBool,
+    /// Records handed over and not yet taken by the async side.
+    pub(crate) queued: AtomicUsize,
+    revocation: Mutex<Revocation>,
+    settled: Condvar,
+    /// Records received and not yet handed over (the callback drops revoked partitions' ones).
+    chunk: Mutex<Vec<Record>>,
+    pub(crate) watermarks: OnceLock<Arc<dyn Watermarks>>,
+    pub(crate) runtime: OnceLock<tokio::runtime::Handle>,
+    revocation_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Revocation {
+    generation: u64,
+    settled: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(revocation_timeout: Duration) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            revocation: Mutex::default(),
+            settled: Condvar::new(),
+            chunk: Mutex::default(),
+            watermarks: OnceLock::new(),
+            runtime: OnceLock::new(),
+            revocation_timeout,
+        }
+    }
+
+    /// Tells a waiting revocation callback that every record of its partitions is delivered.
+    pub(crate) fn settle(&self, generation: u64) {
+        let mut r = lock(&self.revocation);
+        if r.generation == generation {
+            r.settled = true;
+            self.settled.notify_all();
+        }
+    }
+
+    /// Stops the thread and wakes a callback that is waiting, so closing never waits on it.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _guard = lock(&self.revocation);
+        self.settled.notify_all();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a counter and
+/// a chunk of records) is still consistent, so keep going.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The consumer's context: runs rebalances on the polling thread.
+pub(crate) struct PollerContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) events: UnboundedSender<Event>,
+}
+
+impl ClientContext for PollerContext {}
+
+impl ConsumerContext for PollerContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_at_watermarks(consumer, tpl, &parts);
+                let assigned =
+                    if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                match assigned {
+                    Ok(()) => tracing::info!(partitions = ?parts, "kafka partitions assigned"),
+                    Err(e) => tracing::error!(partitions = ?parts, error = %e, "kafka assignment failed"),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = ?parts, "kafka partitions revoked");
+                self.hand_over(consumer, &parts);
+                let unassigned =
+                    if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    tracing::warn!(partitions = ?parts, error = %e, "kafka unassignment failed");
+                }
+                // The receiver is gone only when the source is; nothing is left to fence then.
+                let _ = self.events.send(Event::Revoked(parts));
+            }
+            other => {
+                tracing::warn!(error = %RDKafkaErrorCode::from(other), "kafka rebalance error");
+                let _ = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let _ = self.events.send(Event::Revoked(parts));
+            }
+        }
+    }
+}
+
+impl PollerContext {
+    /// Moves newly assigned partitions whose watermark is ahead of Kafka's committed offset to
+    /// the watermark, so records the store already holds are not read again. Any failure here
+    /// only costs re-reading: the store itself skips records below its watermark.
+    fn start_at_watermarks(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        parts: &[(String, i32)],
+    ) {
+        let (Some(store), Some(runtime)) = (self.shared.watermarks.get(), self.shared.runtime.get()) else {
+            return;
+        };
+        if parts.is_empty() {
+            return;
+        }
+        let marks =
+            runtime.block_on(async { tokio::time::timeout(LOOKUP_TIMEOUT, store.next_offsets(parts)).await });
+        let marks = match marks {
+            Ok(Ok(marks)) if marks.is_empty() => return,
+            Ok(Ok(marks)) => marks,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read start positions from the watermark store; starting from kafka's committed offsets");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?LOOKUP_TIMEOUT,
+                    "watermark store did not answer; starting from kafka's committed offsets"
+                );
+                return;
+            }
+        };
+        let committed = consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT).map_err(|e| {
+            tracing::warn!(error = %e, "cannot read kafka's committed offsets; starting at the watermarks");
+        });
+        for (topic, partition, watermark) in marks {
+            let kafka = committed.as_ref().ok().and_then(|c| c.find_partition(&topic, partition)).and_then(
+                |e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                },
+            );
+            if kafka.is_some_and(|k| k >= watermark) {
+                continue;
+            }
+            match tpl.set_partition_offset(&topic, partition, Offset::Offset(watermark)) {
+                Ok(()) => tracing::info!(
+                    topic,
+                    partition,
+                    kafka_committed = ?kafka,
+                    watermark,
+                    "partition starts at the stored watermark, ahead of kafka's committed offset"
+                ),
+                Err(e) => tracing::warn!(topic, partition, error = %e, "cannot start at the watermark"),
+            }
+        }
+    }
+
+    /// Before revoked partitions are let go: waits until the pipeline has delivered what it
+    /// holds of them, then commits, so the next owner starts where this member stopped.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, parts: &[(String, i32)]) {
+        if consumer.assignment_lost() {
+            tracing::warn!(partitions = ?parts, "assignment lost (session timed out); nothing is committed for it, the next owner re-reads from the last commit");
+            return;
+        }
+        let started = Instant::now();
+        let revoked = |r: &Record| parts.iter().any(|(t, p)| *t == *r.topic && *p == r.partition);
+        // Not handed over yet, so neither buffered nor acknowledged: the next owner reads them.
+        lock(&self.shared.chunk).retain(|r| !revoked(r));
+        let settled = if self.shared.stopping() {
+            true
+        } else {
+            let generation = {
+                let mut r = lock(&self.shared.revocation);
+                r.generation += 1;
+                r.settled = false;
+                r.generation
+            };
+            if self.events.send(Event::Revoking { generation, partitions: parts.to_vec() }).is_err() {
+                return;
+            }
+            let guard = lock(&self.shared.revocation);
+            let (guard, _) = self
+                .shared
+                .settled
+                .wait_timeout_while(guard, self.shared.revocation_timeout, |r| {
+                    !(self.shared.stopping() || r.generation == generation && r.settled)
+                })
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.generation == generation && guard.settled
+        };
+        if !settled {
+            tracing::warn!(
+                partitions = ?parts,
+                timeout = ?self.shared.revocation_timeout,
+                "revoked partitions not delivered within kafka.revocation_timeout; the next owner re-reads what was not committed (the offset watermark keeps it from being stored twice)"
+            );
+            return;
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!(
+                partitions = ?parts,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "revoked partitions delivered and committed"
+            ),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => tracing::warn!(partitions = ?parts, error = %e, "commit on revocation failed"),
+        }
+    }
+}
+
+/// Converts a message, sharing one `Arc<str>` per topic name across records.
+fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> Record {
+    let topic = match topics.get(m.topic()) {
+        Some(t) => Arc::clone(t),
+        None => {
+            let t: Arc<str> = Arc::from(m.topic());
+            topics.insert(m.topic().to_owned(), Arc::clone(&t));
+            t
+        }
+    };
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter().map(|h| Header { name: h.key.to_owned(), value: h.value.map(<[u8]>::to_vec) }).collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+        payload: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+/// The thread's body: poll, hand over, pause while the pipeline is behind, leave on stop.
+pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
+    let ctx = consumer.context();
+    // Sent however the thread ends, a panic included, so `poll` never waits on a dead thread.
+    struct Stopped<'a>(&'a UnboundedSender<Event>);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.send(Event::Stopped);
+        }
+    }
+    let _stopped = Stopped(&ctx.events);
+    let shared = Arc::clone(&ctx.shared);
+    let mut topics = HashMap::new();
+    let mut paused = false;
+    while !shared.stopping() {
+        let pending = lock(&shared.chunk).len();
+        let timeout = if pending > 0 && !paused { Duration::ZERO } else { IDLE_POLL };
+        match consumer.poll(timeout) {
+            Some(Ok(m)) => {
+                let record = to_record(&mut topics, &m);
+                drop(m);
+                let mut chunk = lock(&shared.chunk);
+                chunk.push(record);
+                if chunk.len() < CHUNK && !paused {
+                    continue;
+                }
+            }
+            Some(Err(e)) => {
+                // The receiver is gone only when the source is.
+                let gone = ctx.events.send(Event::Error(e)).is_err();
+                if gone {
+                    return;
+                }
+            }
+            None => {}
+        }
+        let mut chunk = lock(&shared.chunk);
+        if chunk.is_empty() {
+            continue;
+        }
+        let queued = shared.queued.load(Ordering::Acquire);
+        if queued == 0 || queued + chunk.len() <= MAX_QUEUED {
+            let records = std::mem::take(&mut *chunk);
+            drop(chunk);
+            shared.queued.fetch_add(records.len(), Ordering::AcqRel);
+            if ctx.events.send(Event::Records(records)).is_err() {
+                return;
+            }
+            if paused {
+                paused = false;
+                set_paused(&consumer, false);
+            }
+        } else if !paused {
+            drop(chunk);
+            paused = true;
+            set_paused(&consumer, true);
+        }
+    }
+    leave(&consumer);
+}
+
+/// Pauses or resumes every assigned partition. A paused partition keeps its group membership
+/// (the thread goes on polling); librdkafka re-fetches from the last record handed out.
+fn set_paused(consumer: &BaseConsumer<PollerContext>, pause: bool) {
+    let result =
+        consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
+    match result {
+        Ok(()) if pause => tracing::debug!("pipeline behind: kafka partitions paused"),
+        Ok(()) => tracing::debug!("kafka partitions resumed"),
+        Err(e) => tracing::warn!(error = %e, pause, "cannot pause or resume kafka partitions"),
+    }
+}
+
+/// Leaves the group: unsubscribes and serves the resulting revocation (which commits what is
+/// stored and does not wait, since the pipeline has drained).
+fn leave(consumer: &BaseConsumer<PollerContext>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        // Records still arriving are neither handed over nor committed: they are dropped here
+        // and read again by the next owner.
+        let _ = consumer.poll(IDLE_POLL);
+    }
+}
