@@ -25,7 +25,6 @@ mod poller;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -167,7 +166,7 @@ impl KafkaSource {
     fn handle(&mut self, event: Event) -> Result<bool, SourceError> {
         match event {
             Event::Records(records) => {
-                self.shared.queued.fetch_sub(records.len(), Ordering::AcqRel);
+                self.shared.taken(records.len());
                 self.pending.extend(records);
                 Ok(false)
             }

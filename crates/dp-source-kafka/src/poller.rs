@@ -26,6 +26,12 @@ pub(crate) const CHUNK: usize = 500;
 const MAX_QUEUED: usize = 2 * CHUNK;
 /// How long one `poll` waits when there is nothing to hand over.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long the pipeline may take no records before the partitions are paused. Shorter waits
+/// are ordinary backpressure (a batch being written): the thread just stops polling, since a
+/// pause would discard what librdkafka prefetched.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+/// A pause longer than this is logged at info (shorter ones are ordinary backpressure).
+const LONG_PAUSE: Duration = Duration::from_secs(5);
 /// Bound on the calls the rebalance callback makes to look up start positions.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,8 +55,13 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     /// Records handed over and not yet taken by the async side.
     pub(crate) queued: AtomicUsize,
+    /// The assigned partitions are paused (the pipeline is behind); new ones start paused too.
+    paused: AtomicBool,
     revocation: Mutex<Revocation>,
     settled: Condvar,
+    /// Signalled when the async side takes records.
+    room: Condvar,
+    room_lock: Mutex<()>,
     /// Records received and not yet handed over (the callback drops revoked partitions' ones).
     chunk: Mutex<Vec<Record>>,
     pub(crate) watermarks: OnceLock<Arc<dyn Watermarks>>,
@@ -69,8 +80,11 @@ impl Shared {
         Self {
             stop: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
             revocation: Mutex::default(),
             settled: Condvar::new(),
+            room: Condvar::new(),
+            room_lock: Mutex::new(()),
             chunk: Mutex::default(),
             watermarks: OnceLock::new(),
             runtime: OnceLock::new(),
@@ -96,6 +110,28 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Called by the async side when it took `n` records.
+    pub(crate) fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        let _guard = lock(&self.room_lock);
+        self.room.notify_one();
+    }
+
+    fn has_room(&self, n: usize) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        queued == 0 || queued + n <= MAX_QUEUED
+    }
+
+    /// Waits up to `limit` for room for `n` more records; true if there is room.
+    fn wait_for_room(&self, n: usize, limit: Duration) -> bool {
+        let guard = lock(&self.room_lock);
+        let _ = self
+            .room
+            .wait_timeout_while(guard, limit, |()| !self.has_room(n) && !self.stopping())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.has_room(n)
     }
 }
 
@@ -123,6 +159,12 @@ impl ConsumerContext for PollerContext {
                 self.start_at_watermarks(consumer, tpl, &parts);
                 let assigned =
                     if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // While the pipeline is behind, new partitions wait like the others.
+                if self.shared.paused.load(Ordering::Acquire)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions");
+                }
                 match assigned {
                     Ok(()) => tracing::info!(partitions = ?parts, "kafka partitions assigned"),
                     Err(e) => tracing::error!(partitions = ?parts, error = %e, "kafka assignment failed"),
@@ -301,7 +343,11 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
     let shared = Arc::clone(&ctx.shared);
     let mut topics = HashMap::new();
     let mut paused = false;
+    let mut pause = Pause::default();
     while !shared.stopping() {
+        if paused {
+            pause.check();
+        }
         let pending = lock(&shared.chunk).len();
         let timeout = if pending > 0 && !paused { Duration::ZERO } else { IDLE_POLL };
         match consumer.poll(timeout) {
@@ -327,8 +373,7 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
         if chunk.is_empty() {
             continue;
         }
-        let queued = shared.queued.load(Ordering::Acquire);
-        if queued == 0 || queued + chunk.len() <= MAX_QUEUED {
+        if shared.has_room(chunk.len()) {
             let records = std::mem::take(&mut *chunk);
             drop(chunk);
             shared.queued.fetch_add(records.len(), Ordering::AcqRel);
@@ -338,19 +383,60 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
             if paused {
                 paused = false;
                 set_paused(&consumer, false);
+                pause.end();
             }
         } else if !paused {
+            let n = chunk.len();
             drop(chunk);
-            paused = true;
-            set_paused(&consumer, true);
+            if !shared.wait_for_room(n, PAUSE_AFTER) {
+                paused = true;
+                set_paused(&consumer, true);
+                pause.begin();
+            }
         }
     }
     leave(&consumer);
 }
 
+/// Logs pauses long enough to matter (the sink is down or much slower than Kafka), once each.
+#[derive(Default)]
+struct Pause {
+    since: Option<Instant>,
+    reported: bool,
+}
+
+impl Pause {
+    fn begin(&mut self) {
+        self.since = Some(Instant::now());
+        self.reported = false;
+    }
+
+    fn check(&mut self) {
+        if let Some(since) = self.since
+            && !self.reported
+            && since.elapsed() >= LONG_PAUSE
+        {
+            self.reported = true;
+            tracing::info!(
+                paused_for_s = LONG_PAUSE.as_secs(),
+                "kafka partitions paused: the pipeline is not taking records (sink down or slow); group membership is kept"
+            );
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(since) = self.since.take()
+            && self.reported
+        {
+            tracing::info!(paused_for_ms = since.elapsed().as_millis() as u64, "kafka partitions resumed");
+        }
+    }
+}
+
 /// Pauses or resumes every assigned partition. A paused partition keeps its group membership
 /// (the thread goes on polling); librdkafka re-fetches from the last record handed out.
 fn set_paused(consumer: &BaseConsumer<PollerContext>, pause: bool) {
+    consumer.context().shared.paused.store(pause, Ordering::Release);
     let result =
         consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
     match result {

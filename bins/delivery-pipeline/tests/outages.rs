@@ -1,0 +1,153 @@
+//! Real outages, injected through a TCP proxy of the test's own in front of MariaDB or of a
+//! Kafka broker of the test's own (the shared services are never touched): nothing is lost,
+//! nothing is stored twice, and the pipeline never has to be restarted by hand.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proxy, TestEnv, as_set, log_count, sigterm, wait_for};
+use mysql_async::prelude::Queryable;
+
+/// Rows and distinct event ids in the test's table.
+async fn rows_and_distinct(env: &TestEnv) -> (u64, u64) {
+    let mut c = env.mysql().await;
+    c.query_first(format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `{}`", env.table))
+        .await
+        .expect("count")
+        .expect("one row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_down_for_60s_under_steady_load_pauses_then_catches_up_losing_nothing() {
+    const EVENTS: u64 = 30_000;
+    const RATE: u64 = 300;
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let env = TestEnv::new("mysql_outage");
+    env.create_topic(4).await;
+    let proxy = Proxy::start("127.0.0.1:3306").await;
+    let url = format!("mysql://root@127.0.0.1:{}/test", proxy.port);
+    let settings = [
+        ("DP_MYSQL__URL", url.as_str()),
+        ("DP_RETRY__MAX_BACKOFF", "5s"),
+        ("DP_BUFFER__FLUSH_INTERVAL", "1s"),
+    ];
+    let mut child = env.spawn(&["run"], &settings);
+    let load = env.produce_in_background(EVENTS, RATE);
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 2_000 }).await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await; // a commit already on the wire may land
+    let rows_at_cut = env.row_count().await;
+    let revoked_before = log_count(&env.log_path(), "kafka partitions revoked");
+    let mut max_keys = 0;
+    while cut_at.elapsed() < OUTAGE {
+        max_keys = max_keys.max(env.redis_keys().await);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let rows_at_restore = env.row_count().await;
+    assert_eq!(rows_at_restore, rows_at_cut, "nothing can be stored while MySQL is unreachable");
+    assert!(max_keys <= 2 * 1_000, "memory and Redis hold at most two batches ({max_keys} keys)");
+    assert!(max_keys >= 1_000, "the pipeline kept consuming into its buffer ({max_keys} keys)");
+    let log = env.log_path();
+    assert!(log_count(&log, "kafka partitions paused") >= 1, "consumption paused at the limit");
+    assert_eq!(
+        log_count(&log, "kafka partitions revoked"),
+        revoked_before,
+        "the instance kept its partitions through the outage"
+    );
+    assert!(log_count(&log, "sink failed transiently; retrying") >= 1);
+
+    proxy.restore();
+    let restored_at = Instant::now();
+    wait_for("rows again", Duration::from_secs(60), || async { env.row_count().await > rows_at_restore })
+        .await;
+    let recovered = restored_at.elapsed();
+    let produced = as_set(load.await.expect("load"));
+    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+        .await;
+    assert!(log_count(&log, "kafka partitions resumed") >= 1, "consumption resumed");
+    let status = sigterm(&mut child, Duration::from_secs(25));
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let (rows, distinct) = rows_and_distinct(&env).await;
+    let keys = env.redis_keys().await;
+    eprintln!(
+        "mysql outage {OUTAGE:?}: rows at cut {rows_at_cut}, at restore {rows_at_restore}, max redis keys during the outage {max_keys}; first rows {recovered:?} after restore (max backoff {MAX_BACKOFF:?}); produced {}, rows {rows}, distinct {distinct}, redis keys {keys}",
+        produced.len()
+    );
+    // Retries back off up to MAX_BACKOFF (with full jitter), then one flush interval; 5 s of slack.
+    assert!(recovered <= MAX_BACKOFF + Duration::from_secs(5), "throughput back within one backoff period");
+    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
+    assert_eq!(as_set(env.event_ids().await), produced);
+    assert_eq!(keys, 0);
+    env.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
+    const EVENTS: u64 = 60_000;
+    const RESETS: usize = 8;
+    let env = TestEnv::new("mysql_reset");
+    env.create_topic(4).await;
+    // Without the unique key, only the transaction and the offset watermark prevent duplicates.
+    let out = env.spawn(&["migrate"], &[]).wait().expect("migrate");
+    assert!(out.success(), "migrate failed; log: {}", env.log_path().display());
+    env.mysql()
+        .await
+        .query_drop(format!("ALTER TABLE `{}` DROP INDEX `uq_event_id`", env.table))
+        .await
+        .expect("drop unique key");
+    let produced = as_set(env.produce(EVENTS).await);
+
+    let proxy = Proxy::start("127.0.0.1:3306").await;
+    let url = format!("mysql://root@127.0.0.1:{}/test", proxy.port);
+    let settings = [("DP_MYSQL__URL", url.as_str()), ("DP_RETRY__MAX_BACKOFF", "1s")];
+    let mut child = env.spawn(&["run"], &settings);
+    let mut at_reset = Vec::new();
+    let mut conn = env.mysql().await;
+    let count_sql = format!("SELECT COUNT(*) FROM `{}`", env.table);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next = 1_000;
+    while at_reset.len() < RESETS && next < EVENTS - 2_000 {
+        // Batches of 1000 rows commit back to back while the backlog lasts: a reset right
+        // after one commit lands inside the next transaction (or its commit).
+        let rows: u64 = conn.query_first(&count_sql).await.ok().flatten().unwrap_or(0);
+        if rows < next {
+            assert!(Instant::now() < deadline, "no progress ({rows} rows)");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        proxy.cut();
+        at_reset.push(rows);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.restore();
+        next = rows + 3_000;
+    }
+    drop(conn);
+    assert!(at_reset.len() >= RESETS / 2, "too few resets landed before the backlog ran out: {at_reset:?}");
+    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = sigterm(&mut child, Duration::from_secs(25));
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let (rows, distinct) = rows_and_distinct(&env).await;
+    let retries = log_count(&env.log_path(), "sink failed transiently; retrying");
+    // Failures of a statement inside the transaction (not of getting a connection).
+    let log = std::fs::read_to_string(env.log_path()).expect("log");
+    let mid_transaction = log
+        .lines()
+        .filter(|l| l.contains("sink failed transiently") && !l.contains("cannot get a mysql connection"))
+        .count();
+    let keys = env.redis_keys().await;
+    eprintln!(
+        "{} connection resets at rows {at_reset:?}; {retries} transient failures retried, {mid_transaction} of them inside a transaction; produced {EVENTS}, rows {rows}, distinct {distinct}, redis keys {keys}",
+        at_reset.len()
+    );
+    assert!(mid_transaction >= 1, "a reset must land inside a transaction ({retries} retries)");
+    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
+    assert_eq!(as_set(env.event_ids().await), produced);
+    assert_eq!(keys, 0);
+    env.drop_tables().await;
+}
