@@ -151,3 +151,96 @@ async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
     assert_eq!(keys, 0);
     env.drop_tables().await;
 }
+
+/// A tansu broker of the test's own, reached only through `proxy` (it advertises the proxy's
+/// port), so cutting the proxy makes the broker unreachable for every client.
+struct OwnKafka {
+    child: std::process::Child,
+}
+
+impl OwnKafka {
+    fn start(listen: u16, proxy: &Proxy) -> Self {
+        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka/tansu");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", proxy.port),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu must be installed by `scripts/kafka.sh start`");
+        let addr = format!("127.0.0.1:{listen}").parse().expect("addr");
+        let started = Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "own tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        common::sigkill(&mut self.child);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unreachable_for_20s_loses_and_duplicates_nothing() {
+    const EVENTS: u64 = 20_000;
+    const OUTAGE: Duration = Duration::from_secs(20);
+    let env = TestEnv::new("kafka_outage");
+    let listen = common::free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{listen}")).await;
+    let _kafka = OwnKafka::start(listen, &proxy);
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    delivery_pipeline::produce::ensure_topic(&brokers, &env.topic, 4).await.expect("topic");
+
+    let opts = delivery_pipeline::produce::ProduceOptions {
+        brokers: brokers.clone(),
+        topic: env.topic.clone(),
+        count: EVENTS,
+        rate: Some(400),
+        progress: false,
+        collect_ids: true,
+    };
+    let producer_brokers = brokers.clone();
+    let load = tokio::spawn(async move {
+        let p = delivery_pipeline::produce::producer(&producer_brokers).expect("producer");
+        delivery_pipeline::produce::produce(&p, &opts).await.expect("produce")
+    });
+    let mut child = env.spawn(&["run"], &[("DP_KAFKA__BROKERS", brokers.as_str())]);
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 3_000 }).await;
+
+    proxy.cut();
+    let at_cut = env.row_count().await;
+    tokio::time::sleep(OUTAGE).await;
+    let at_restore = env.row_count().await;
+    proxy.restore();
+    let report = load.await.expect("load");
+    let produced = as_set(report.event_ids);
+    wait_for("every event stored", Duration::from_secs(120), || async {
+        env.row_count().await >= produced.len() as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = sigterm(&mut child, Duration::from_secs(25));
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let (rows, distinct) = rows_and_distinct(&env).await;
+    let keys = env.redis_keys().await;
+    eprintln!(
+        "kafka unreachable {OUTAGE:?}: rows at cut {at_cut}, at restore {at_restore} (buffered rows flushed during the outage); produced {}, rows {rows}, distinct {distinct}, redis keys {keys}",
+        produced.len()
+    );
+    assert_eq!(produced.len() as u64, EVENTS);
+    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
+    assert_eq!(as_set(env.event_ids().await), produced);
+    assert_eq!(keys, 0);
+    env.drop_tables().await;
+}

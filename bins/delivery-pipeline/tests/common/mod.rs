@@ -371,13 +371,8 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
-        Self::start_on(0, target).await
-    }
-
-    /// Listens on `port` (0: any free one) and forwards to `target`.
-    pub async fn start_on(port: u16, target: &str) -> Self {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("proxy bind");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("proxy bind");
         let port = listener.local_addr().expect("proxy addr").port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
