@@ -86,7 +86,8 @@ pub struct Row<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// `null_value`, `empty_value`, `not_utf8`, `invalid_json`, `not_an_object`,
-    /// `invalid_field`, `field_too_long`, `invalid_timestamp`, `payload_too_large`.
+    /// `invalid_field`, `field_too_long`, `invalid_timestamp`, `payload_too_large`,
+    /// `nesting_too_deep`.
     pub class: &'static str,
     /// Human-readable detail.
     pub reason: String,
@@ -128,6 +129,14 @@ impl Mapping {
             )
         })?;
         let fields = parse_fields(text, &self.event_id_field)?;
+        if exceeds_depth(text, MAX_JSON_DEPTH) {
+            return Err(Rejection::new(
+                "nesting_too_deep",
+                format!(
+                    "message value nests arrays/objects deeper than {MAX_JSON_DEPTH} levels, the most a JSON column takes on MariaDB"
+                ),
+            ));
+        }
         let event_id = match fields.event_id {
             Some(id) => check_len(&self.event_id_field, id, EVENT_ID_MAX)?,
             None => Cow::Owned(derived_event_id(record).to_string()),
@@ -141,6 +150,40 @@ impl Mapping {
         let event_time = fields.event_time.map(|v| parse_time(&v)).transpose()?;
         Ok(Row { event_id, tracking_id, status, event_time, payload: text })
     }
+}
+
+/// The deepest nesting of arrays and objects the `payload` JSON column accepts: MariaDB's
+/// `JSON_VALID` refuses 32 levels (MySQL 8 takes 100). Deeper payloads are dead-lettered here
+/// instead of costing a failed statement.
+pub const MAX_JSON_DEPTH: usize = 31;
+
+/// True when valid JSON `text` nests arrays/objects deeper than `limit`. A byte scan: brackets
+/// inside strings are skipped, escapes included.
+fn exceeds_depth(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The id of a record without an `event_id`: UUID v5 of `topic/partition/offset`.
@@ -415,6 +458,14 @@ mod tests {
         assert_eq!(class(br#"{"event_time":"0999-12-31T23:59:59Z"}"#), "invalid_timestamp");
         let deep = "[".repeat(10_000);
         assert_eq!(class(format!(r#"{{"x":{deep}}}"#).as_bytes()), "invalid_json");
+        let nested = |n: usize| format!(r#"{{"x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert_eq!(class(nested(10_000).as_bytes()), "nesting_too_deep");
+        assert_eq!(class(nested(MAX_JSON_DEPTH).as_bytes()), "nesting_too_deep", "the object is a level");
+        assert!(mapping().map(&rec(Some(nested(MAX_JSON_DEPTH - 1).as_bytes()))).is_ok());
+        assert!(
+            mapping().map(&rec(Some(br#"{"s":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"[[[["}"#))).is_ok(),
+            "brackets inside strings do not count"
+        );
         let m = Mapping { event_id_field: "event_id".into(), max_payload_bytes: 10 };
         assert_eq!(m.map(&rec(Some(br#"{"a":"0123456789"}"#))).expect_err("big").class, "payload_too_large");
     }
