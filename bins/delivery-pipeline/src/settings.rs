@@ -38,7 +38,7 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
             value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
         fig = fig.merge(Serialized::default(&path, value));
     }
-    let mut settings: Settings = fig.extract().map_err(|e| first_error(&e))?;
+    let mut settings: Settings = fig.extract().map_err(|e| first_error(&e, file, env))?;
     if settings.instance_id.is_empty() {
         settings.instance_id = hostname::get()
             .ok()
@@ -49,15 +49,20 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
     Ok(settings)
 }
 
-fn first_error(e: &figment::Error) -> String {
+/// One line: the key, what is wrong, and where the value came from (the variable or the file;
+/// figment would name the line of this function that merged it).
+fn first_error(e: &figment::Error, file: Option<&Path>, env: &[(String, String)]) -> String {
     let e = e.clone().into_iter().next().unwrap_or_else(|| e.clone());
     let key = e.path.join(".");
-    let source = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (in {s})"));
-    if key.is_empty() {
-        format!("{}{}", e.kind, source.unwrap_or_default())
+    let variable = format!("DP_{}", key.to_ascii_uppercase().replace('.', "__"));
+    let origin = if env.iter().any(|(name, _)| *name == variable) {
+        format!(" (from {variable})")
+    } else if let Some(f) = file {
+        format!(" (in {})", f.display())
     } else {
-        format!("{key}: {}{}", e.kind, source.unwrap_or_default())
-    }
+        String::new()
+    };
+    if key.is_empty() { format!("{}{origin}", e.kind) } else { format!("{key}: {}{origin}", e.kind) }
 }
 
 /// The effective settings as TOML, passwords redacted.

@@ -42,14 +42,45 @@ fn every_subcommand_has_help() {
 
 #[test]
 fn invalid_configuration_exits_2_with_one_line_naming_the_key() {
-    let o = run(&["run"], &[("DP_BUFFER__FLUSH_INTERVAL", "0s")]);
-    assert_eq!(o.status.code(), Some(2));
+    // (variable, value, what the line must start with after "error: invalid configuration: ")
+    let cases = [
+        ("DP_NOPE", "1", "nope: unknown field"),
+        ("DP_MYSQL__URL", "not a url", "mysql.url:"),
+        ("DP_REDIS__URL", "http://127.0.0.1:6379", "redis.url:"),
+        ("DP_KAFKA__BROKERS", "localhost", "kafka.brokers:"),
+        ("DP_BUFFER__MAX_ROWS", "0", "buffer.max_rows:"),
+        ("DP_BUFFER__MAX_ROWS", "-5", "buffer.max_rows:"),
+        ("DP_BUFFER__FLUSH_INTERVAL", "0s", "buffer.flush_interval"),
+        ("DP_MYSQL__TABLE", "x; DROP TABLE y", "mysql.table"),
+        ("DP_KAFKA__REVOCATION_TIMEOUT", "60s", "kafka.revocation_timeout"),
+    ];
+    for (name, value, expected) in cases {
+        let o = run(&["run"], &[(name, value)]);
+        assert_eq!(o.status.code(), Some(2), "{name}={value}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{name}={value}: {err}");
+        let line = err.strip_prefix("error: invalid configuration: ").unwrap_or_else(|| panic!("{err}"));
+        assert!(line.starts_with(expected), "{name}={value}: {err}");
+    }
+}
+
+#[test]
+fn an_unreachable_service_fails_startup_naming_its_key() {
+    let o = run(
+        &["run"],
+        &[("DP_MYSQL__URL", "mysql://root@127.0.0.1:1/test"), ("DP_MYSQL__CONNECT_TIMEOUT", "2s")],
+    );
+    assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: invalid configuration: buffer.flush_interval"), "{err}");
-    let o = run(&["run"], &[("DP_MYSQL__TABLE", "x; DROP TABLE y")]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("mysql.table"));
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: mysql.url: cannot connect to mysql at mysql://root@127.0.0.1:1/test"),
+        "{err}"
+    );
+    let o = run(&["run"], &[("DP_REDIS__URL", "redis://127.0.0.1:1"), ("DP_REDIS__CONNECT_TIMEOUT", "1s")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.lines().last().unwrap_or_default().starts_with("error: redis.url: cannot connect"), "{err}");
 }
 
 #[test]

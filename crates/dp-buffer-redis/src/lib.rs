@@ -119,7 +119,7 @@ pub enum RedisBufferError {
     #[error("instance id `{0}` must be 1-128 of [A-Za-z0-9._-]")]
     InstanceId(String),
     /// Connecting failed.
-    #[error("cannot connect to redis at {url}: {source}")]
+    #[error("redis.url: cannot connect to redis at {url}: {source} (is Redis running there?)")]
     Connect {
         /// The URL, password redacted.
         url: String,

@@ -138,7 +138,9 @@ pub enum MysqlSinkError {
         source: mysql_async::UrlError,
     },
     /// Connecting failed.
-    #[error("cannot connect to mysql at {url}: {message}")]
+    #[error(
+        "mysql.url: cannot connect to mysql at {url}: {message} (is MySQL running there, and does it accept this user?)"
+    )]
     Connect {
         /// The URL, password redacted.
         url: String,

@@ -60,7 +60,9 @@ pub enum KafkaSourceError {
         source: KafkaError,
     },
     /// The brokers did not answer a metadata request.
-    #[error("kafka brokers {brokers} did not answer within {timeout:?}: {source}")]
+    #[error(
+        "kafka.brokers: {brokers} did not answer within {timeout:?}: {source} (is a broker running there?)"
+    )]
     Unreachable {
         /// The configured bootstrap servers.
         brokers: String,
