@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use delivery_pipeline::settings::{self, Settings};
-use delivery_pipeline::{demo, produce};
+use delivery_pipeline::{demo, dlq, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
 use dp_pipeline::LogFormat;
@@ -76,6 +76,11 @@ enum Command {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Inspect and replay the dead-letter table.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run the whole path end to end against an embedded Kafka broker and the configured
     /// MySQL and Redis, then print what happened. Needs no Kafka installation.
     Demo {
@@ -87,6 +92,47 @@ enum Command {
         #[arg(long)]
         partitions: Option<i32>,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-letter entries, oldest first: coordinates, error class, MySQL errno,
+    /// attempts, last failure, size and reason.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed dead-letter entries through the sink again, oldest first. Stored entries are
+    /// removed; refused ones stay with one more attempt counted. The payload is read from the
+    /// entry's `payload` column, so a payload fixed in place (UPDATE … SET payload = …) is what
+    /// gets stored. Idempotent: running it twice stores nothing twice.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// Only entries that last failed since then: a duration back from now (2h, 30m) or an
+    /// RFC 3339 timestamp.
+    #[arg(long)]
+    since: Option<dlq::Since>,
+    /// Only entries of this error class (invalid_json, field_too_long, sink_rejected, …).
+    #[arg(long)]
+    class: Option<String>,
+    /// At most this many entries.
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+impl From<DlqFilter> for dlq::Filter {
+    fn from(f: DlqFilter) -> Self {
+        Self { since: f.since, class: f.class, limit: f.limit }
+    }
 }
 
 fn main() -> ExitCode {
@@ -188,6 +234,22 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 report.elapsed.as_secs_f64(),
                 report.produced as f64 / report.elapsed.as_secs_f64().max(f64::EPSILON)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::List { filter, json } } => {
+            let entries = dlq::list(&config.mysql, &filter.into()).await?;
+            if json {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                dlq::print_table(&entries);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::Replay { filter } } => {
+            let report = dlq::replay(&config.mysql, &filter.into(), true).await?;
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { count, partitions } => {
