@@ -40,9 +40,10 @@ PY
 }
 
 start() {
+  # Installed even when a broker already answers: fault tests start brokers of their own from it.
+  install
   if running && answering; then echo "kafka.sh: broker already running (pid $(cat "$pidfile"))"; return; fi
   if answering; then echo "kafka.sh: something already listens on 127.0.0.1:$port; using it" >&2; return; fi
-  install
   nohup "$bin" broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \

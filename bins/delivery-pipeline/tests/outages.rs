@@ -160,8 +160,11 @@ struct OwnKafka {
 
 impl OwnKafka {
     fn start(listen: u16, proxy: &Proxy) -> Self {
-        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka/tansu");
-        let child = std::process::Command::new(bin)
+        // Where `scripts/kafka.sh start` installs it (DP_KAFKA_DIR overrides, as for the script).
+        let dir = std::env::var("DP_KAFKA_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
+        let bin = format!("{dir}/tansu");
+        let child = std::process::Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
