@@ -5,5 +5,6 @@
 pub mod demo;
 pub mod dlq;
 pub mod events;
+pub mod http;
 pub mod produce;
 pub mod settings;

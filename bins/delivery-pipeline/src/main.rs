@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use delivery_pipeline::settings::{self, Settings};
-use delivery_pipeline::{demo, dlq, produce};
+use delivery_pipeline::{demo, dlq, http, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
 use dp_pipeline::LogFormat;
@@ -171,7 +171,10 @@ fn main() -> ExitCode {
 fn init_logging(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match settings.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -182,7 +185,16 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
     let config = settings.clone();
     match command {
         Command::Run => {
+            let metrics = http::install_metrics()?;
             let pipeline = dp_pipeline::build(&config).await?;
+            let _http = if config.http.enabled {
+                let (address, task) =
+                    http::serve(&config.http.address, pipeline.readiness(), metrics).await?;
+                tracing::info!(%address, "http endpoint listening (/livez, /readyz, /metrics)");
+                Some(AbortOnDrop(task))
+            } else {
+                None
+            };
             tracing::info!(
                 instance_id = %config.instance_id,
                 topics = ?config.kafka.topics,
@@ -261,6 +273,15 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+    }
+}
+
+/// Stops the HTTP endpoint when `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

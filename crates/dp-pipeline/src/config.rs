@@ -39,6 +39,24 @@ pub struct Config {
     pub allow_volatile_buffer: bool,
     /// Logging. Read by the binary only: the library never installs a subscriber.
     pub log: LogConfig,
+    /// The health and metrics endpoint. Read by the binary only: the library serves nothing.
+    pub http: HttpConfig,
+}
+
+/// The binary's HTTP endpoint (`[http]`, `DP_HTTP__*`): `/livez`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// `host:port` to listen on; port 0 picks a free one (logged at startup).
+    pub address: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { enabled: true, address: "0.0.0.0:9000".into() }
+    }
 }
 
 /// When Kafka offsets may advance past a message. In both, an offset never passes a message
@@ -94,6 +112,7 @@ impl Default for Config {
             commit_policy: CommitPolicy::AfterSink,
             allow_volatile_buffer: false,
             log: LogConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -151,6 +170,12 @@ impl Config {
             return Err(format!(
                 "instance_id: `{}` must be 1-128 of [A-Za-z0-9._-] (it is part of Redis keys)",
                 self.instance_id
+            ));
+        }
+        if self.http.enabled && self.http.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "http.address: `{}` is not an IP address and port such as 0.0.0.0:9000",
+                self.http.address
             ));
         }
         self.kafka.validate()?;

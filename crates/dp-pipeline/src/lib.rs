@@ -14,6 +14,8 @@
 //! ```
 
 pub mod config;
+pub mod metrics;
+mod readiness;
 mod runtime;
 mod stats;
 mod write_ahead;
@@ -22,7 +24,8 @@ use std::sync::Arc;
 
 use dp_core::Watermarks;
 
-pub use config::{BufferConfig, CommitPolicy, Config, LogConfig, LogFormat, RetryConfig};
+pub use config::{BufferConfig, CommitPolicy, Config, HttpConfig, LogConfig, LogFormat, RetryConfig};
+pub use readiness::Readiness;
 pub use runtime::{Pipeline, PipelineError, RunSummary};
 pub use stats::{PipelineStats, StatsSnapshot};
 
@@ -95,6 +98,7 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
     if watermarks {
         source = source.with_watermarks(Arc::new(sink.clone()) as Arc<dyn Watermarks>);
     }
+    let health = source.health();
     Ok(Pipeline::new(
         Box::new(source),
         Arc::new(buffer),
@@ -103,5 +107,6 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
         config.retry.clone(),
         config.shutdown_timeout,
     )
-    .with_commit_policy(config.commit_policy))
+    .with_commit_policy(config.commit_policy)
+    .with_kafka_health(health))
 }

@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{BufferConfig, CommitPolicy, RetryConfig};
+use crate::metrics as m;
 use crate::stats::{PipelineStats, StatsSnapshot};
 use crate::write_ahead::WriteAhead;
 
@@ -94,6 +95,7 @@ pub struct Pipeline {
     buffer_config: BufferConfig,
     shutdown_timeout: Duration,
     commit_policy: CommitPolicy,
+    kafka_health: Option<dp_source_kafka::KafkaHealth>,
 }
 
 impl Pipeline {
@@ -114,13 +116,31 @@ impl Pipeline {
             buffer_healthy: Arc::new(AtomicBool::new(true)),
             leftover_keys: Mutex::default(),
         });
-        Self { source, deliverer, buffer_config, shutdown_timeout, commit_policy: CommitPolicy::AfterSink }
+        Self {
+            source,
+            deliverer,
+            buffer_config,
+            shutdown_timeout,
+            commit_policy: CommitPolicy::AfterSink,
+            kafka_health: None,
+        }
     }
 
     /// When Kafka offsets may advance; [`CommitPolicy::AfterSink`] unless set.
     pub fn with_commit_policy(mut self, policy: CommitPolicy) -> Self {
         self.commit_policy = policy;
         self
+    }
+
+    /// Lets [`Pipeline::readiness`] report the Kafka consumer's health too.
+    pub fn with_kafka_health(mut self, health: dp_source_kafka::KafkaHealth) -> Self {
+        self.kafka_health = Some(health);
+        self
+    }
+
+    /// A handle for readiness probes, to read while the pipeline runs.
+    pub fn readiness(&self) -> crate::Readiness {
+        crate::Readiness { stats: Arc::clone(&self.deliverer.stats), kafka: self.kafka_health.clone() }
     }
 
     /// Live counters, to read while the pipeline runs.
@@ -132,11 +152,13 @@ impl Pipeline {
     /// completes, then drains: writes what is buffered, commits, and closes every part.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, PipelineError> {
         let started = Instant::now();
-        let Self { mut source, deliverer, buffer_config, shutdown_timeout, commit_policy } = self;
+        let Self { mut source, deliverer, buffer_config, shutdown_timeout, commit_policy, kafka_health: _ } =
+            self;
         let stats = Arc::clone(&deliverer.stats);
         // The lease must stay alive through a long restore, or another instance adopts us.
         let background = AbortOnDrop(leases(&deliverer, buffer_config.max_rows));
         restore(&deliverer, buffer_config.max_rows).await?;
+        PipelineStats::set(&stats.consuming, m::CONSUMING, 1);
         let mut write_ahead = WriteAhead::new(
             Arc::clone(&deliverer.buffer),
             Arc::clone(&stats),
@@ -156,7 +178,11 @@ impl Pipeline {
                     in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
                 }
             }
-            PipelineStats::set(&stats.memory_buffered, acc.len() + in_flight.as_ref().map_or(0, |f| f.1));
+            PipelineStats::set(
+                &stats.memory_buffered,
+                m::BUFFERED,
+                acc.len() + in_flight.as_ref().map_or(0, |f| f.1),
+            );
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
@@ -173,7 +199,8 @@ impl Pipeline {
                 }
                 polled = source.poll(acc.room()), if acc.room() > 0 => match polled {
                     Ok(records) => {
-                        PipelineStats::add(&stats.consumed, records.len());
+                        PipelineStats::bump(&stats.consumed, records.len());
+                        m::consumed(&records);
                         let appended = write_ahead.append(&records).await;
                         if commit_policy == CommitPolicy::AfterBuffer && appended.all {
                             // In Redis (which must persist writes under this policy): durable enough
@@ -203,6 +230,7 @@ impl Pipeline {
             }
         }
 
+        PipelineStats::set(&stats.consuming, m::CONSUMING, 0);
         tracing::info!(buffered = acc.len(), "shutting down: draining buffered records");
         let drain = async {
             if let Some(flight) = in_flight.as_mut() {
@@ -234,7 +262,7 @@ impl Pipeline {
         if let Err(e) = deliverer.sink.close().await {
             tracing::warn!(error = %e, "closing the sink failed");
         }
-        PipelineStats::set(&stats.memory_buffered, 0);
+        PipelineStats::set(&stats.memory_buffered, m::BUFFERED, 0);
         match drained {
             Ok(r) => r?,
             Err(_) => return Err(PipelineError::ShutdownTimeout(shutdown_timeout)),
@@ -258,7 +286,7 @@ async fn restore(deliverer: &Arc<Deliverer>, max_rows: usize) -> Result<(), Pipe
         let (keys, records): (Vec<_>, Vec<_>) = restored.by_ref().take(max_rows).unzip();
         let n = records.len();
         Arc::clone(deliverer).deliver(Batch { records, keys }, FlushTrigger::Restore).await?;
-        PipelineStats::add(&deliverer.stats.restored, n);
+        PipelineStats::add(&deliverer.stats.restored, m::RESTORED, n);
     }
     Ok(())
 }
@@ -319,7 +347,7 @@ async fn adopt(deliverer: &Arc<Deliverer>, orphan: dp_core::Orphan, max_rows: us
             tracing::error!(orphan = %instance, error = %e, "adopting an orphaned buffer failed; it will be retried");
             return;
         }
-        PipelineStats::add(&deliverer.stats.adopted, n);
+        PipelineStats::add(&deliverer.stats.adopted, m::ADOPTED, n);
     }
     match deliverer.buffer.release_orphan(&instance).await {
         Ok(()) => {
@@ -408,10 +436,14 @@ impl Deliverer {
     ) -> Result<Delivered, PipelineError> {
         let started = Instant::now();
         let outcome = self.write(&batch.records).await?;
-        PipelineStats::add(&self.stats.inserted, outcome.inserted);
-        PipelineStats::add(&self.stats.duplicates, outcome.duplicates);
-        PipelineStats::add(&self.stats.dead_lettered, outcome.dead_lettered);
-        PipelineStats::add(&self.stats.batches, 1);
+        PipelineStats::add(&self.stats.inserted, m::INSERTED, outcome.inserted);
+        PipelineStats::add(&self.stats.duplicates, m::DUPLICATES, outcome.duplicates);
+        PipelineStats::bump(&self.stats.dead_lettered, outcome.dead_lettered);
+        PipelineStats::bump(&self.stats.batches, 1);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        m::delivered(&batch.records, trigger, started.elapsed().as_secs_f64(), now_ms);
         self.remove_keys(&batch.keys).await;
         Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
     }
@@ -434,7 +466,7 @@ impl Deliverer {
             Err(BufferError::transient("buffer marked unreachable"))
         };
         if let Err(e) = result {
-            PipelineStats::add(&self.stats.buffer_failures, 1);
+            PipelineStats::add(&self.stats.buffer_failures, m::BUFFER_FAILURES, 1);
             tracing::warn!(error = %e, keys = todo.len(), "write-ahead delete failed; retrying with the next batch");
             if let Ok(mut l) = self.leftover_keys.lock() {
                 l.extend(todo);
@@ -460,7 +492,10 @@ impl Deliverer {
                 };
                 tracing::warn!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "record refused by the sink; dead-lettering it");
                 return match self.retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry))).await? {
-                    Ok(()) => Ok(BatchOutcome { dead_lettered: 1, ..BatchOutcome::default() }),
+                    Ok(()) => {
+                        metrics::counter!(m::DEAD_LETTERED, "class" => "sink_rejected").increment(1);
+                        Ok(BatchOutcome { dead_lettered: 1, ..BatchOutcome::default() })
+                    }
                     Err(source) => Err(PipelineError::Undeliverable {
                         topic: record.topic.to_string(),
                         partition: record.partition,
@@ -490,18 +525,37 @@ impl Deliverer {
             .without_max_times()
             .build();
         let mut attempts = 0u32;
+        let mut failing_since: Option<Instant> = None;
+        // The sink answered (success or a refusal of the data): it is up.
+        let healthy = |failing_since: Option<Instant>| {
+            if failing_since.is_some() {
+                PipelineStats::set(&self.stats.sink_failing, m::SINK_FAILING, 0);
+                m::set(m::OUTAGE_SECONDS, 0);
+            }
+        };
         loop {
             attempts += 1;
             match op().await {
-                Ok(v) => return Ok(Ok(v)),
-                Err(e) if !e.is_transient() => return Ok(Err(e)),
+                Ok(v) => {
+                    healthy(failing_since);
+                    return Ok(Ok(v));
+                }
+                Err(e) if !e.is_transient() => {
+                    healthy(failing_since);
+                    return Ok(Err(e));
+                }
                 Err(e) => {
                     if self.retry.max_retries.is_some_and(|max| attempts > max) {
                         return Err(PipelineError::RetriesExhausted { attempts, source: e });
                     }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    PipelineStats::set(&self.stats.sink_failing, m::SINK_FAILING, 1);
+                    metrics::gauge!(m::OUTAGE_SECONDS).set(since.elapsed().as_secs_f64());
+                    let code = e.code().map_or_else(|| "connection".to_owned(), |c| c.to_string());
+                    metrics::counter!(m::RETRIES, "code" => code).increment(1);
                     let cap = schedule.next().unwrap_or(self.retry.max_backoff);
                     let delay = cap.mul_f64(rand::random::<f64>());
-                    PipelineStats::add(&self.stats.retries, 1);
+                    PipelineStats::bump(&self.stats.retries, 1);
                     tracing::warn!(attempt = attempts, delay_ms = delay.as_millis() as u64, error = %e, "sink failed transiently; retrying");
                     tokio::time::sleep(delay).await;
                 }

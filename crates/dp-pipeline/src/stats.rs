@@ -29,6 +29,10 @@ pub struct PipelineStats {
     pub buffer_down: AtomicU64,
     /// Partitions with records held only in memory (not written ahead).
     pub suspended_partitions: AtomicU64,
+    /// 1 while the sink is failing transiently (a batch is being retried).
+    pub sink_failing: AtomicU64,
+    /// 1 once startup (restore) is done and until the drain starts.
+    pub consuming: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -79,12 +83,21 @@ impl PipelineStats {
         }
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    /// Adds `n` to `counter` and to the metric `name`.
+    pub(crate) fn add(counter: &AtomicU64, name: &'static str, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
+        metrics::counter!(name).increment(n as u64);
     }
 
-    pub(crate) fn set(counter: &AtomicU64, n: usize) {
-        counter.store(n as u64, Relaxed);
+    /// Sets `gauge` and the metric `name` to `n`.
+    pub(crate) fn set(gauge: &AtomicU64, name: &'static str, n: usize) {
+        gauge.store(n as u64, Relaxed);
+        crate::metrics::set(name, n);
+    }
+
+    /// Adds `n` to a counter that has no metric of its own.
+    pub(crate) fn bump(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Relaxed);
     }
 }
 

@@ -75,7 +75,7 @@ impl WriteAhead {
             match self.buffer.append(slice).await {
                 Ok(k) => keys = k,
                 Err(e) => {
-                    PipelineStats::add(&self.stats.buffer_failures, 1);
+                    PipelineStats::add(&self.stats.buffer_failures, crate::metrics::BUFFER_FAILURES, 1);
                     tracing::warn!(error = %e, records = slice.len(), "write-ahead buffer unreachable: holding records in memory only; offsets wait until they are in the sink");
                     self.mark_unhealthy();
                     failed = to_write;
@@ -87,7 +87,7 @@ impl WriteAhead {
             let e = self.suspended.entry((Arc::clone(&r.topic), r.partition)).or_insert(r.offset);
             *e = (*e).max(r.offset);
         }
-        PipelineStats::set(&self.stats.suspended_partitions, self.suspended.len());
+        PipelineStats::set(&self.stats.suspended_partitions, crate::metrics::SUSPENDED, self.suspended.len());
         Appended { keys, all }
     }
 
@@ -103,12 +103,12 @@ impl WriteAhead {
                 self.suspended.remove(&key);
             }
         }
-        PipelineStats::set(&self.stats.suspended_partitions, self.suspended.len());
+        PipelineStats::set(&self.stats.suspended_partitions, crate::metrics::SUSPENDED, self.suspended.len());
     }
 
     fn mark_unhealthy(&mut self) {
         self.healthy.store(false, Ordering::Relaxed);
-        PipelineStats::set(&self.stats.buffer_down, 1);
+        PipelineStats::set(&self.stats.buffer_down, crate::metrics::BUFFER_DOWN, 1);
         if self.probe.as_ref().is_some_and(|p| !p.is_finished()) {
             return;
         }
@@ -121,7 +121,7 @@ impl WriteAhead {
                 if buffer.healthcheck().await.is_ok() {
                     tracing::info!("write-ahead buffer reachable again; resuming backups");
                     healthy.store(true, Ordering::Relaxed);
-                    PipelineStats::set(&stats.buffer_down, 0);
+                    PipelineStats::set(&stats.buffer_down, crate::metrics::BUFFER_DOWN, 0);
                     return;
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));

@@ -569,6 +569,9 @@ impl Sink for MysqlSink {
         self.insert_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
+        for d in &rejected {
+            metrics::counter!("dp_dead_lettered_total", "class" => d.error_class.clone()).increment(1);
+        }
         let dead_lettered = rejected.len();
         Ok(BatchOutcome {
             inserted,

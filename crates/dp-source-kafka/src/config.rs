@@ -126,7 +126,9 @@ impl KafkaSourceConfig {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 3).max(100).to_string());
+            .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 3).max(100).to_string())
+            // Broker reachability and consumer lag come from these statistics.
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.properties {
             c.set(k, v);
         }

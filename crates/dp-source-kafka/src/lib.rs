@@ -73,6 +73,23 @@ pub enum KafkaSourceError {
     },
 }
 
+/// What the consumer knows of its own health, readable while the source runs elsewhere.
+#[derive(Clone)]
+pub struct KafkaHealth(Arc<Shared>);
+
+impl KafkaHealth {
+    /// False once librdkafka's statistics show no broker connection up (it reports every
+    /// `statistics.interval.ms`, 5 s unless overridden in `properties`).
+    pub fn brokers_reachable(&self) -> bool {
+        self.0.reachable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True while the partitions are paused because the pipeline takes no records.
+    pub fn paused(&self) -> bool {
+        self.0.paused.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// A Kafka consumer-group member implementing [`Source`].
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer<PollerContext>>,
@@ -142,6 +159,11 @@ impl KafkaSource {
             .await
             .unwrap_or(Err(KafkaError::Canceled))
             .map_err(|source| KafkaSourceError::Unreachable { brokers, timeout, source })
+    }
+
+    /// A handle on the consumer's health (broker reachability, pause state).
+    pub fn health(&self) -> KafkaHealth {
+        KafkaHealth(Arc::clone(&self.shared))
     }
 
     /// Records handed out and not yet acknowledged.

@@ -56,7 +56,9 @@ pub(crate) struct Shared {
     /// Records handed over and not yet taken by the async side.
     pub(crate) queued: AtomicUsize,
     /// The assigned partitions are paused (the pipeline is behind); new ones start paused too.
-    paused: AtomicBool,
+    pub(crate) paused: AtomicBool,
+    /// False once the client's statistics show no broker connection up.
+    pub(crate) reachable: AtomicBool,
     revocation: Mutex<Revocation>,
     settled: Condvar,
     /// Signalled when the async side takes records.
@@ -81,6 +83,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
             revocation: Mutex::default(),
             settled: Condvar::new(),
             room: Condvar::new(),
@@ -147,7 +150,24 @@ pub(crate) struct PollerContext {
     pub(crate) events: UnboundedSender<Event>,
 }
 
-impl ClientContext for PollerContext {}
+impl ClientContext for PollerContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): broker reachability and the
+    /// consumer lag of each assigned partition, as metrics.
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        let reachable = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.shared.reachable.store(reachable, Ordering::Release);
+        metrics::gauge!("dp_kafka_brokers_up").set(f64::from(u8::from(reachable)));
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition; a lag of -1 is unknown.
+                if *partition >= 0 && p.desired && p.consumer_lag >= 0 {
+                    metrics::gauge!("dp_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for PollerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -165,6 +185,7 @@ impl ConsumerContext for PollerContext {
                 {
                     tracing::warn!(error = %e, "cannot pause newly assigned partitions");
                 }
+                metrics::counter!("dp_kafka_rebalances_total", "kind" => "assigned").increment(1);
                 match assigned {
                     Ok(()) => tracing::info!(partitions = ?parts, "kafka partitions assigned"),
                     Err(e) => tracing::error!(partitions = ?parts, error = %e, "kafka assignment failed"),
@@ -172,6 +193,7 @@ impl ConsumerContext for PollerContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?parts, "kafka partitions revoked");
+                metrics::counter!("dp_kafka_rebalances_total", "kind" => "revoked").increment(1);
                 self.hand_over(consumer, &parts);
                 let unassigned =
                     if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
@@ -437,6 +459,7 @@ impl Pause {
 /// (the thread goes on polling); librdkafka re-fetches from the last record handed out.
 fn set_paused(consumer: &BaseConsumer<PollerContext>, pause: bool) {
     consumer.context().shared.paused.store(pause, Ordering::Release);
+    metrics::gauge!("dp_kafka_paused").set(f64::from(u8::from(pause)));
     let result =
         consumer.assignment().and_then(|a| if pause { consumer.pause(&a) } else { consumer.resume(&a) });
     match result {

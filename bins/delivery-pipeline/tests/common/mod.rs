@@ -88,6 +88,8 @@ impl TestEnv {
             ("DP_REDIS__KEY_PREFIX".into(), self.key_prefix.clone()),
             ("DP_BUFFER__FLUSH_INTERVAL".into(), "1s".into()),
             ("DP_SHUTDOWN_TIMEOUT".into(), "20s".into()),
+            // Many instances run at once: each takes a free port (logged at startup).
+            ("DP_HTTP__ADDRESS".into(), "127.0.0.1:0".into()),
         ]
     }
 
@@ -424,4 +426,35 @@ impl Drop for Proxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// The address the instance logging to `log` serves HTTP on (from its startup line).
+pub fn http_address(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("http endpoint listening"))?;
+    let at = line.find("address=")? + "address=".len();
+    Some(line[at..].split_whitespace().next()?.to_owned())
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(address)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of every sample of metric `name` in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }

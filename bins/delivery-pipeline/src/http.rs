@@ -1,0 +1,83 @@
+//! The health and metrics endpoint of `delivery-pipeline run`: `/livez`, `/readyz`,
+//! `/metrics`. It serves counters and states only: never message content, never credentials.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use dp_pipeline::Readiness;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global Prometheus recorder (histogram buckets sized for this pipeline) and
+/// describes every metric. Call once, before the pipeline runs.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+    let rows = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 10000.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(dp_pipeline::metrics::BATCH_ROWS.into()), &rows))
+        .context("metric buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    dp_pipeline::metrics::describe();
+    metrics::describe_gauge!("dp_build_info", "Always 1; the version label says which build runs.");
+    metrics::gauge!("dp_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+}
+
+/// Binds `address` now (so a taken port fails startup), then serves in the background.
+pub async fn serve(
+    address: &str,
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("http.address: cannot listen on {address}"))?;
+    let local = listener.local_addr().context("http.address: no local address")?;
+    // Summaries and histograms are drained by upkeep; without it their memory grows.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AppState { readiness, metrics });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http endpoint stopped");
+        }
+    });
+    Ok((local, task))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(parts) => {
+            let body: String = parts.iter().map(|p| format!("{p}\n")).collect();
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{body}"))
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}

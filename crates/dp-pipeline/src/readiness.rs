@@ -1,0 +1,42 @@
+//! Whether a running pipeline can do its work, for a readiness probe.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use dp_source_kafka::KafkaHealth;
+
+use crate::PipelineStats;
+
+/// Reads a running pipeline's state: ready while it consumes, MySQL and Redis answer and
+/// Kafka is reachable. Cheap to clone and to check.
+#[derive(Clone)]
+pub struct Readiness {
+    pub(crate) stats: Arc<PipelineStats>,
+    pub(crate) kafka: Option<KafkaHealth>,
+}
+
+impl Readiness {
+    /// `Ok` when ready; otherwise one line per part that is not.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut not_ready = Vec::new();
+        if self.stats.consuming.load(Relaxed) == 0 {
+            not_ready
+                .push("pipeline: not consuming (restoring the buffer at startup, or draining)".to_owned());
+        }
+        if self.stats.sink_failing.load(Relaxed) == 1 {
+            not_ready.push("mysql: failing; the current batch is being retried with backoff".to_owned());
+        }
+        if self.stats.buffer_down.load(Relaxed) == 1 {
+            not_ready.push("redis: unreachable; messages are held in memory only".to_owned());
+        }
+        if let Some(kafka) = &self.kafka {
+            if !kafka.brokers_reachable() {
+                not_ready.push("kafka: no broker connection is up".to_owned());
+            }
+            if kafka.paused() {
+                not_ready.push("kafka: partitions paused, the pipeline is not taking records".to_owned());
+            }
+        }
+        if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
+    }
+}
