@@ -2,6 +2,7 @@
 //! tests: configuration loading, synthetic delivery events, the load generator, the demo and the
 //! dead-letter commands.
 
+pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod events;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use delivery_pipeline::settings::{self, Settings};
-use delivery_pipeline::{demo, dlq, http, produce};
+use delivery_pipeline::{bench, demo, dlq, http, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
 use dp_pipeline::LogFormat;
@@ -75,6 +75,20 @@ enum Command {
         /// Create the topic with this many partitions if it does not exist.
         #[arg(long)]
         partitions: Option<i32>,
+    },
+    /// Benchmark on the configured Kafka, MySQL and Redis: pre-produce a backlog, measure the
+    /// raw MySQL ceiling and a naive one-insert-per-message baseline, run the real pipeline
+    /// through the backlog, print a table and write target/bench/e2e.json.
+    Bench {
+        /// Events in the backlog.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Partitions of the fresh topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Messages in the naive baseline's sample.
+        #[arg(long, default_value_t = 20_000)]
+        naive_sample: u64,
     },
     /// Inspect and replay the dead-letter table.
     Dlq {
@@ -246,6 +260,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 report.elapsed.as_secs_f64(),
                 report.produced as f64 / report.elapsed.as_secs_f64().max(f64::EPSILON)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { count, partitions, naive_sample } => {
+            let report = bench::run(config, bench::BenchOptions { count, partitions, naive_sample }).await?;
+            println!("\n{report}\n\nwritten to target/bench/e2e.json");
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::List { filter, json } } => {

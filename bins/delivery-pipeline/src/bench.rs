@@ -1,0 +1,476 @@
+//! `delivery-pipeline bench`: the end-to-end benchmark, in one run on the configured services.
+//!
+//! 1. pre-produces N synthetic ~500-byte events to a fresh topic;
+//! 2. measures the raw sink ceiling: the same kind of rows written straight into a fresh copy of
+//!    the table with the sink's own batch form (1000-row prepared multi-row inserts), without
+//!    Kafka or Redis;
+//! 3. measures the naive baseline: one autocommit `INSERT` per message, on a sample;
+//! 4. runs the real pipeline (Redis backup, idempotent inserts, offset watermark, default
+//!    batches) from the backlog until every event is stored;
+//!
+//! then prints a table and writes `target/bench/e2e.json`. The tables it creates are dropped at
+//! the end; the topic stays.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dp_buffer_redis::RedisBuffer;
+use dp_core::{Buffer, Record, Sink};
+use dp_pipeline::Config;
+use dp_sink_mysql::MysqlSink;
+use fred::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use mysql_async::prelude::Queryable;
+use rand::SeedableRng;
+
+use crate::events::synthetic_event;
+use crate::produce::{ProduceOptions, ensure_topic, produce, producer};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Events produced and delivered end to end (and written for the raw ceiling).
+    pub count: u64,
+    /// Partitions of the fresh topic.
+    pub partitions: i32,
+    /// Messages in the naive one-insert-per-message sample.
+    pub naive_sample: u64,
+}
+
+/// What one run measured. Written as `target/bench/e2e.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Events in the run.
+    pub events: u64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Raw sink ceiling: rows/s of 1000-row batches straight into MySQL.
+    pub raw_ceiling_rows_per_s: f64,
+    /// Naive baseline: rows/s of one autocommit INSERT per message.
+    pub naive_rows_per_s: f64,
+    /// Rows in the naive sample.
+    pub naive_sample: u64,
+    /// End to end: rows/s from the first message consumed to the last batch committed.
+    pub end_to_end_rows_per_s: f64,
+    /// `end_to_end_rows_per_s / raw_ceiling_rows_per_s`.
+    pub ratio_to_raw_ceiling: f64,
+    /// `end_to_end_rows_per_s / naive_rows_per_s`.
+    pub ratio_to_naive: f64,
+    /// Rows stored by the pipeline (must equal `events`).
+    pub rows_stored: u64,
+    /// Kafka timestamp to MySQL `ingested_at`, milliseconds. In this backlog run it includes
+    /// the time a message waited in Kafka before the pipeline started.
+    pub latency_ms_p50: f64,
+    /// See `latency_ms_p50`.
+    pub latency_ms_p99: f64,
+    /// See `latency_ms_p50`.
+    pub latency_ms_max: f64,
+    /// CPU seconds (user + system) of this process per 100,000 rows, during the pipeline run.
+    pub cpu_seconds_per_100k: f64,
+    /// Highest resident set size of this process sampled during the pipeline run, MiB.
+    pub peak_rss_mib: f64,
+    /// Redis `used_memory` growth per buffered message (10,000 of these events appended).
+    pub redis_bytes_per_message: f64,
+    /// MySQL statements (`Questions`) per 1000 messages during the pipeline run.
+    pub mysql_statements_per_1000: f64,
+    /// Redis commands per 1000 messages during the pipeline run.
+    pub redis_commands_per_1000: f64,
+}
+
+/// Runs the benchmark against `config`'s Kafka, MySQL and Redis.
+pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(opts.count >= 1000, "--count must be at least 1000");
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = &id[id.len() - 10..];
+    let topic = format!("bench-{id}");
+    let brokers = config.kafka.brokers.clone();
+
+    step(&format!("1/4 producing {} events to {topic} ({} partitions)", opts.count, opts.partitions));
+    ensure_topic(&brokers, &topic, opts.partitions).await?;
+    let produced = produce(
+        &producer(&brokers)?,
+        &ProduceOptions {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
+            count: opts.count,
+            rate: None,
+            progress: true,
+            collect_ids: false,
+        },
+    )
+    .await?;
+    anyhow::ensure!(produced.produced == opts.count, "produced only {} events", produced.produced);
+
+    step("2/4 raw sink ceiling (1000-row batches straight into MySQL)");
+    let raw_table = format!("bench_raw_{id}");
+    let raw_rows_per_s = raw_ceiling(&config, &raw_table, &topic, opts).await?;
+    println!("    {raw_rows_per_s:.0} rows/s");
+
+    step(&format!("3/4 naive baseline (one autocommit INSERT per message, {} messages)", opts.naive_sample));
+    let naive_table = format!("bench_naive_{id}");
+    let naive_rows_per_s = naive(&config, &naive_table, &topic, opts.naive_sample).await?;
+    println!("    {naive_rows_per_s:.0} rows/s");
+
+    let redis_bytes_per_message = redis_bytes_per_message(&config, id, &topic).await?;
+
+    step("4/4 the pipeline, from the backlog until every event is stored");
+    let mut pc = config.clone();
+    pc.instance_id = format!("bench-{id}");
+    pc.kafka.topics = vec![topic.clone()];
+    pc.kafka.group_id = format!("bench-{id}");
+    pc.mysql.table = format!("bench_e2e_{id}");
+    pc.mysql.dead_letter_table = None;
+    pc.mysql.create_table = true;
+    let e2e = pipeline_run(&pc, opts.count).await?;
+    let latency = latencies(&pc).await?;
+
+    for t in [&raw_table, &naive_table, &pc.mysql.table] {
+        drop_table(&config, t).await?;
+    }
+    let rows_per_s = e2e.rows as f64 / e2e.delivery.as_secs_f64().max(f64::EPSILON);
+    let per_1000 = |n: u64| n as f64 * 1000.0 / opts.count as f64;
+    let report = BenchReport {
+        events: opts.count,
+        partitions: opts.partitions,
+        raw_ceiling_rows_per_s: raw_rows_per_s,
+        naive_rows_per_s,
+        naive_sample: opts.naive_sample,
+        end_to_end_rows_per_s: rows_per_s,
+        ratio_to_raw_ceiling: rows_per_s / raw_rows_per_s,
+        ratio_to_naive: rows_per_s / naive_rows_per_s,
+        rows_stored: e2e.rows,
+        latency_ms_p50: latency.0,
+        latency_ms_p99: latency.1,
+        latency_ms_max: latency.2,
+        cpu_seconds_per_100k: e2e.cpu_seconds * 100_000.0 / opts.count as f64,
+        peak_rss_mib: e2e.peak_rss_kib as f64 / 1024.0,
+        redis_bytes_per_message,
+        mysql_statements_per_1000: per_1000(e2e.mysql_statements),
+        redis_commands_per_1000: per_1000(e2e.redis_commands),
+    };
+    let dir = std::path::Path::new("target/bench");
+    std::fs::create_dir_all(dir).context("cannot create target/bench")?;
+    std::fs::write(dir.join("e2e.json"), serde_json::to_string_pretty(&report)? + "\n")
+        .context("cannot write target/bench/e2e.json")?;
+    Ok(report)
+}
+
+fn step(what: &str) {
+    println!("{what}");
+}
+
+fn bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("    [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The records the benchmark writes without Kafka: the same synthetic events, numbered as if
+/// they had been spread over the partitions.
+fn records(
+    topic: &Arc<str>,
+    from: u64,
+    n: u64,
+    partitions: i32,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<Record> {
+    (from..from + n)
+        .map(|seq| {
+            let event = synthetic_event(seq, rng);
+            let p = i64::from(partitions.max(1));
+            let mut r =
+                Record::new(Arc::clone(topic), (seq as i64 % p) as i32, seq as i64 / p, Some(event.payload));
+            r.timestamp_ms = Some(now_ms());
+            r
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn raw_ceiling(config: &Config, table: &str, topic: &str, opts: BenchOptions) -> anyhow::Result<f64> {
+    let mut mc = config.mysql.clone();
+    mc.table = table.to_owned();
+    mc.dead_letter_table = None;
+    mc.create_table = true;
+    let sink = MysqlSink::connect(&mc).await?;
+    let topic: Arc<str> = Arc::from(topic);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let bar = bar(opts.count);
+    let mut writing = Duration::ZERO;
+    let mut seq = 0;
+    while seq < opts.count {
+        let n = (opts.count - seq).min(1000);
+        let batch = records(&topic, seq, n, opts.partitions, &mut rng);
+        let started = Instant::now();
+        sink.write_batch(&batch).await.map_err(anyhow::Error::new).context("raw ceiling insert")?;
+        writing += started.elapsed();
+        seq += n;
+        bar.inc(n);
+    }
+    bar.finish_and_clear();
+    sink.close().await?;
+    Ok(opts.count as f64 / writing.as_secs_f64().max(f64::EPSILON))
+}
+
+async fn naive(config: &Config, table: &str, topic: &str, sample: u64) -> anyhow::Result<f64> {
+    let mut mc = config.mysql.clone();
+    mc.table = table.to_owned();
+    mc.dead_letter_table = None;
+    mc.create_table = true;
+    let sink = MysqlSink::connect(&mc).await?;
+    let mut conn = sink.pool().get_conn().await?;
+    let sql = format!(
+        "INSERT INTO `{table}` (event_id, tracking_id, status, payload, kafka_topic, kafka_partition, kafka_offset) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let bar = bar(sample);
+    let started = Instant::now();
+    for seq in 0..sample {
+        let event = synthetic_event(seq, &mut rng);
+        let payload = String::from_utf8(event.payload).context("synthetic events are UTF-8")?;
+        conn.exec_drop(&sql, (event.event_id, event.key, "IN_TRANSIT", payload, topic, 0, seq)).await?;
+        bar.inc(1);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    drop(conn);
+    sink.close().await?;
+    Ok(sample as f64 / elapsed.as_secs_f64().max(f64::EPSILON))
+}
+
+/// Appends 10,000 records to a Redis buffer of its own and reads `used_memory` around it.
+async fn redis_bytes_per_message(config: &Config, id: &str, topic: &str) -> anyhow::Result<f64> {
+    const N: u64 = 10_000;
+    let buffer = RedisBuffer::connect(&config.redis, &format!("bench-mem-{id}")).await?;
+    let before = used_memory(buffer.client()).await?;
+    let topic: Arc<str> = Arc::from(topic);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut keys = Vec::new();
+    for from in (0..N).step_by(1000) {
+        keys.extend(buffer.append(&records(&topic, from, 1000, 1, &mut rng)).await?);
+    }
+    let after = used_memory(buffer.client()).await?;
+    buffer.remove(&keys).await?;
+    buffer.close().await?;
+    Ok(after.saturating_sub(before) as f64 / N as f64)
+}
+
+async fn used_memory(client: &Client) -> anyhow::Result<u64> {
+    let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
+    info_field(&info, "used_memory").context("INFO memory has no used_memory")
+}
+
+async fn commands_processed(client: &Client) -> anyhow::Result<u64> {
+    let info: String = client.info(Some(fred::types::InfoKind::Stats)).await?;
+    info_field(&info, "total_commands_processed").context("INFO stats has no total_commands_processed")
+}
+
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+struct E2e {
+    rows: u64,
+    delivery: Duration,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+    mysql_statements: u64,
+    redis_commands: u64,
+}
+
+async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
+    let mysql = mysql_pool(config)?;
+    let mut conn = mysql.get_conn().await?;
+    let redis = RedisBuffer::connect(&config.redis, &format!("{}-probe", config.instance_id)).await?;
+    let pipeline = dp_pipeline::build(config).await?;
+    let stats = pipeline.stats();
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak_rss = Arc::clone(&peak_rss);
+        tokio::spawn(async move {
+            loop {
+                peak_rss.fetch_max(rss_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let questions_before = questions(&mut conn).await?;
+    let commands_before = commands_processed(redis.client()).await?;
+    let cpu_before = cpu_seconds();
+    let bar = bar(count);
+    let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let watch = {
+        let (bar, stats, first) = (bar.clone(), Arc::clone(&stats), Arc::clone(&first));
+        async move {
+            let (mut last, mut since) = (0, Instant::now());
+            loop {
+                let s = stats.snapshot();
+                bar.set_position(s.delivered());
+                if s.consumed > 0
+                    && let Ok(mut f) = first.lock()
+                {
+                    f.get_or_insert_with(Instant::now);
+                }
+                if s.delivered() >= count || since.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                if s.delivered() != last {
+                    (last, since) = (s.delivered(), Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let summary = pipeline.run(watch).await?;
+    let delivery = first.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
+    let cpu = cpu_seconds() - cpu_before;
+    bar.finish_and_clear();
+    sampler.abort();
+    let mysql_statements = questions(&mut conn).await?.saturating_sub(questions_before);
+    let redis_commands = commands_processed(redis.client()).await?.saturating_sub(commands_before);
+    let rows: u64 =
+        conn.query_first(format!("SELECT COUNT(*) FROM `{}`", config.mysql.table)).await?.unwrap_or(0);
+    drop(conn);
+    mysql.disconnect().await?;
+    redis.close().await?;
+    anyhow::ensure!(rows == count, "the pipeline stored {rows} rows of {count}");
+    Ok(E2e {
+        rows,
+        delivery,
+        cpu_seconds: cpu,
+        peak_rss_kib: peak_rss.load(Ordering::Relaxed),
+        mysql_statements,
+        redis_commands,
+    })
+}
+
+/// p50, p99 and max of Kafka timestamp → `ingested_at`, in milliseconds.
+async fn latencies(config: &Config) -> anyhow::Result<(f64, f64, f64)> {
+    let pool = mysql_pool(config)?;
+    let mut conn = pool.get_conn().await?;
+    let mut micros: Vec<i64> = conn
+        .query(format!(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, kafka_timestamp, ingested_at) FROM `{}` WHERE kafka_timestamp IS NOT NULL",
+            config.mysql.table
+        ))
+        .await?;
+    drop(conn);
+    pool.disconnect().await?;
+    micros.sort_unstable();
+    let at = |q: f64| {
+        micros.get(((micros.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |&m| m as f64 / 1000.0)
+    };
+    Ok((at(0.5), at(0.99), at(1.0)))
+}
+
+async fn questions(conn: &mut mysql_async::Conn) -> anyhow::Result<u64> {
+    let row: Option<(String, u64)> = conn.query_first("SHOW GLOBAL STATUS LIKE 'Questions'").await?;
+    Ok(row.map_or(0, |r| r.1))
+}
+
+fn mysql_pool(config: &Config) -> anyhow::Result<mysql_async::Pool> {
+    let opts = mysql_async::Opts::from_url(config.mysql.url.expose())
+        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?;
+    Ok(mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false)))
+}
+
+async fn drop_table(config: &Config, table: &str) -> anyhow::Result<()> {
+    let pool = mysql_pool(config)?;
+    let mut conn = pool.get_conn().await?;
+    conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_dead_letter`")).await?;
+    drop(conn);
+    pool.disconnect().await?;
+    Ok(())
+}
+
+/// Resident set size of this process, KiB (0 when /proc is not readable).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of this process, seconds (Linux clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may contain spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "| measure | value |")?;
+        writeln!(f, "| --- | --- |")?;
+        writeln!(f, "| events (partitions) | {} ({}) |", self.events, self.partitions)?;
+        writeln!(f, "| raw sink ceiling | {:.0} rows/s |", self.raw_ceiling_rows_per_s)?;
+        writeln!(
+            f,
+            "| naive baseline ({} rows, one autocommit INSERT each) | {:.0} rows/s |",
+            self.naive_sample, self.naive_rows_per_s
+        )?;
+        writeln!(
+            f,
+            "| **end to end** (Kafka → Redis → MySQL) | **{:.0} rows/s** |",
+            self.end_to_end_rows_per_s
+        )?;
+        writeln!(f, "| end to end / raw ceiling | {:.0}% |", self.ratio_to_raw_ceiling * 100.0)?;
+        writeln!(f, "| end to end / naive | {:.0}× |", self.ratio_to_naive)?;
+        writeln!(f, "| rows stored | {} |", self.rows_stored)?;
+        writeln!(
+            f,
+            "| latency p50 / p99 / max (backlog: includes waiting in Kafka) | {:.0} / {:.0} / {:.0} ms |",
+            self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max
+        )?;
+        writeln!(f, "| CPU per 100k rows (whole process) | {:.2} s |", self.cpu_seconds_per_100k)?;
+        writeln!(f, "| peak RSS during the run | {:.0} MiB |", self.peak_rss_mib)?;
+        writeln!(f, "| Redis memory per buffered message | {:.0} bytes |", self.redis_bytes_per_message)?;
+        writeln!(f, "| MySQL statements per 1000 messages | {:.1} |", self.mysql_statements_per_1000)?;
+        write!(f, "| Redis commands per 1000 messages | {:.1} |", self.redis_commands_per_1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_read_by_name() {
+        let info = "# Memory\r\nused_memory:1234\r\nused_memory_human:1.2K\r\n";
+        assert_eq!(info_field(info, "used_memory"), Some(1234));
+        assert_eq!(info_field(info, "used_memory_rss"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_size_and_cpu_time() {
+        assert!(rss_kib() > 0);
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0 && cpu_seconds() > 0.0);
+    }
+}
