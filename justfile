@@ -18,6 +18,11 @@ lint:
 ci:
     bash .ci/run
 
+# The end-to-end benchmark on the local Kafka, MariaDB and Redis (docs/PERFORMANCE.md).
+bench count="1000000":
+    scripts/kafka.sh start
+    cargo run --release -p delivery-pipeline -- bench --count {{count}}
+
 # Criterion benchmarks of the per-record hot paths.
 bench-micro:
     cargo bench -p dp-benches
