@@ -99,6 +99,11 @@ impl Accumulator {
         self.batch.records.is_empty()
     }
 
+    /// Write-ahead keys held (fewer than records while the buffer was unreachable).
+    pub fn keys(&self) -> usize {
+        self.batch.keys.len()
+    }
+
     /// Approximate bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

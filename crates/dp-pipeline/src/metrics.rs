@@ -27,6 +27,10 @@ pub const FLUSH_SECONDS: &str = "dp_flush_duration_seconds";
 pub const LATENCY_SECONDS: &str = "dp_end_to_end_latency_seconds";
 /// Messages held in memory (collecting plus being written).
 pub const BUFFERED: &str = "dp_buffered_messages";
+/// Approximate bytes of the messages held in memory.
+pub const BUFFERED_BYTES: &str = "dp_buffered_bytes";
+/// Messages held in memory that also have a Redis write-ahead copy.
+pub const REDIS_BUFFERED: &str = "dp_redis_buffered_messages";
 /// Write-ahead appends or deletions that failed.
 pub const BUFFER_FAILURES: &str = "dp_redis_backup_failures_total";
 /// 1 while Redis is unreachable (messages are held in memory only).
@@ -62,6 +66,8 @@ pub fn describe() {
     describe_histogram!(FLUSH_SECONDS, Unit::Seconds, "Time to write one batch, retries included.");
     describe_histogram!(LATENCY_SECONDS, Unit::Seconds, "Kafka message timestamp to MySQL commit.");
     describe_gauge!(BUFFERED, Unit::Count, "Messages held in memory (collecting and being written).");
+    describe_gauge!(BUFFERED_BYTES, Unit::Bytes, "Approximate bytes of the messages held in memory.");
+    describe_gauge!(REDIS_BUFFERED, Unit::Count, "Messages held that also have a Redis write-ahead copy.");
     describe_counter!(BUFFER_FAILURES, Unit::Count, "Redis write-ahead appends or deletions that failed.");
     describe_gauge!(BUFFER_DOWN, "1 while Redis is unreachable and messages are held in memory only.");
     describe_gauge!(SUSPENDED, Unit::Count, "Partitions whose messages are held in memory only.");

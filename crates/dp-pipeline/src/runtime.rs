@@ -166,7 +166,7 @@ impl Pipeline {
         );
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
-        let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)> = None;
+        let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)> = None;
         // Set when partitions were revoked: flush everything buffered as soon as possible.
         let mut flush_now = false;
         let mut failed: Option<PipelineError> = None;
@@ -178,11 +178,10 @@ impl Pipeline {
                     in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
                 }
             }
-            PipelineStats::set(
-                &stats.memory_buffered,
-                m::BUFFERED,
-                acc.len() + in_flight.as_ref().map_or(0, |f| f.1),
-            );
+            let flying = in_flight.as_ref().map_or(Held::default(), |f| f.1);
+            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying.records);
+            m::set(m::BUFFERED_BYTES, acc.bytes() + flying.bytes);
+            m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys);
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
@@ -263,6 +262,8 @@ impl Pipeline {
             tracing::warn!(error = %e, "closing the sink failed");
         }
         PipelineStats::set(&stats.memory_buffered, m::BUFFERED, 0);
+        m::set(m::BUFFERED_BYTES, 0);
+        m::set(m::REDIS_BUFFERED, 0);
         match drained {
             Ok(r) => r?,
             Err(_) => return Err(PipelineError::ShutdownTimeout(shutdown_timeout)),
@@ -357,14 +358,23 @@ async fn adopt(deliverer: &Arc<Deliverer>, orphan: dp_core::Orphan, max_rows: us
     }
 }
 
+/// What a batch being written holds: records, their write-ahead keys, approximate bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    records: usize,
+    keys: usize,
+    bytes: usize,
+}
+
 fn start(
     deliverer: &Arc<Deliverer>,
     acc: &mut Accumulator,
     trigger: FlushTrigger,
-) -> (JoinHandle<Result<Delivered, PipelineError>>, usize) {
+) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
+    let bytes = acc.bytes();
     let batch = acc.take();
-    let n = batch.records.len();
-    (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), n)
+    let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes };
+    (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), held)
 }
 
 fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Delivered) {
@@ -385,7 +395,7 @@ fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Deliver
 }
 
 async fn join(
-    in_flight: &mut Option<(JoinHandle<Result<Delivered, PipelineError>>, usize)>,
+    in_flight: &mut Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)>,
 ) -> Result<Delivered, PipelineError> {
     match in_flight {
         Some((handle, _)) => join_handle(handle).await,
