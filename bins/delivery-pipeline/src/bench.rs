@@ -310,29 +310,7 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
     let commands_before = commands_processed(redis.client()).await?;
     let cpu_before = cpu_seconds();
     let bar = bar(count);
-    let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let watch = {
-        let (bar, stats, first) = (bar.clone(), Arc::clone(&stats), Arc::clone(&first));
-        async move {
-            let (mut last, mut since) = (0, Instant::now());
-            loop {
-                let s = stats.snapshot();
-                bar.set_position(s.delivered());
-                if s.consumed > 0
-                    && let Ok(mut f) = first.lock()
-                {
-                    f.get_or_insert_with(Instant::now);
-                }
-                if s.delivered() >= count || since.elapsed() > Duration::from_secs(60) {
-                    break;
-                }
-                if s.delivered() != last {
-                    (last, since) = (s.delivered(), Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let (watch, first) = crate::demo::watch_delivery(Arc::clone(&stats), count, bar.clone());
     let summary = pipeline.run(watch).await?;
     let delivery = first.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
     let cpu = cpu_seconds() - cpu_before;

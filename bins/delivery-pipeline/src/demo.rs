@@ -102,34 +102,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
             .progress_chars("=> "),
     );
     bar.set_message("delivering");
-    let target = produced.produced;
-    let first_consumed = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let watch = {
-        let bar = bar.clone();
-        let stats = std::sync::Arc::clone(&stats);
-        let first_consumed = std::sync::Arc::clone(&first_consumed);
-        async move {
-            // Stop when everything was consumed, or when nothing new arrived for a minute (the
-            // report then shows what is missing).
-            let (mut last, mut since) = (0, Instant::now());
-            loop {
-                let s = stats.snapshot();
-                bar.set_position(s.delivered());
-                if s.consumed > 0
-                    && let Ok(mut f) = first_consumed.lock()
-                {
-                    f.get_or_insert_with(Instant::now);
-                }
-                if s.consumed >= target || since.elapsed() > Duration::from_secs(60) {
-                    break;
-                }
-                if s.consumed != last {
-                    (last, since) = (s.consumed, Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let (watch, first_consumed) = watch_delivery(stats, produced.produced, bar.clone());
     let summary = pipeline.run(watch).await?;
     let delivery_time = first_consumed.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
     bar.finish_and_clear();
@@ -156,6 +129,38 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
         delivery_time,
         redis_keys_left,
     })
+}
+
+/// A shutdown future for a pipeline run over a known backlog: completes once `target` records
+/// are delivered, or when nothing was delivered for a minute (the report then shows what is
+/// missing). Moves `bar` along, and notes when the first record was consumed.
+pub(crate) fn watch_delivery(
+    stats: std::sync::Arc<dp_pipeline::PipelineStats>,
+    target: u64,
+    bar: ProgressBar,
+) -> (impl std::future::Future<Output = ()> + Send, std::sync::Arc<std::sync::Mutex<Option<Instant>>>) {
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let first_consumed = std::sync::Arc::clone(&first);
+    let watch = async move {
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            let s = stats.snapshot();
+            bar.set_position(s.delivered());
+            if s.consumed > 0
+                && let Ok(mut f) = first_consumed.lock()
+            {
+                f.get_or_insert_with(Instant::now);
+            }
+            if s.delivered() >= target || since.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            if s.delivered() != last {
+                (last, since) = (s.delivered(), Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    (watch, first)
 }
 
 /// librdkafka's mock broker drops a partition's oldest messages beyond 5 MiB or 100,000
