@@ -124,7 +124,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
     pc.mysql.dead_letter_table = None;
     pc.mysql.create_table = true;
     let e2e = pipeline_run(&pc, opts.count).await?;
-    let latency = latencies(&pc).await?;
+    let latency = latencies(&pc, 0, 0).await?;
 
     for t in [&raw_table, &naive_table, &pc.mysql.table] {
         drop_table(&config, t).await?;
@@ -334,16 +334,20 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
     })
 }
 
-/// p50, p99 and max of Kafka timestamp → `ingested_at`, in milliseconds.
-async fn latencies(config: &Config) -> anyhow::Result<(f64, f64, f64)> {
+/// p50, p99 and max of Kafka timestamp → `ingested_at`, in milliseconds, leaving out the
+/// `skip_first` first and the `skip_last` most recently produced messages.
+async fn latencies(config: &Config, skip_first: usize, skip_last: usize) -> anyhow::Result<(f64, f64, f64)> {
     let pool = mysql_pool(config)?;
     let mut conn = pool.get_conn().await?;
     let mut micros: Vec<i64> = conn
         .query(format!(
-            "SELECT TIMESTAMPDIFF(MICROSECOND, kafka_timestamp, ingested_at) FROM `{}` WHERE kafka_timestamp IS NOT NULL",
+            "SELECT TIMESTAMPDIFF(MICROSECOND, kafka_timestamp, ingested_at) FROM `{}` \
+             WHERE kafka_timestamp IS NOT NULL ORDER BY kafka_timestamp, id",
             config.mysql.table
         ))
         .await?;
+    micros.truncate(micros.len().saturating_sub(skip_last));
+    micros.drain(..skip_first.min(micros.len()));
     drop(conn);
     pool.disconnect().await?;
     micros.sort_unstable();
@@ -450,5 +454,153 @@ mod tests {
             x = x.wrapping_add(1);
         }
         assert!(x > 0 && cpu_seconds() > 0.0);
+    }
+}
+
+/// What a steady-load run measured. Written as `target/bench/steady.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SteadyReport {
+    /// Offered rate, events per second.
+    pub offered_per_s: u64,
+    /// Events produced.
+    pub events: u64,
+    /// Rows stored (must equal `events`).
+    pub rows_stored: u64,
+    /// Kafka timestamp → MySQL `ingested_at`, milliseconds, over all but the last
+    /// `buffer.max_rows` messages (the tail waits for the flush interval once the load stops).
+    pub latency_ms_p50: f64,
+    /// See `latency_ms_p50`.
+    pub latency_ms_p99: f64,
+    /// See `latency_ms_p50`.
+    pub latency_ms_max: f64,
+    /// Time to fill one batch at the offered rate, plus one second: the p99 target.
+    pub latency_target_ms: f64,
+    /// Resident set size of the process, MiB, sampled every 5 s.
+    pub rss_mib_over_time: Vec<f64>,
+    /// Highest resident set size sampled, MiB.
+    pub peak_rss_mib: f64,
+    /// CPU of the whole process (pipeline and producer), percent of one core.
+    pub cpu_percent_of_one_core: f64,
+}
+
+/// Offers `rate` events per second for `duration` to a fresh topic while the pipeline runs,
+/// then reports latency from Kafka timestamp to MySQL commit, RSS over time and CPU.
+pub async fn steady(
+    config: Config,
+    rate: u64,
+    duration: Duration,
+    partitions: i32,
+) -> anyhow::Result<SteadyReport> {
+    anyhow::ensure!(rate > 0 && !duration.is_zero(), "--rate and --duration must be positive");
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = &id[id.len() - 10..];
+    let mut pc = config.clone();
+    pc.instance_id = format!("steady-{id}");
+    pc.kafka.topics = vec![format!("steady-{id}")];
+    pc.kafka.group_id = format!("steady-{id}");
+    pc.mysql.table = format!("bench_steady_{id}");
+    pc.mysql.dead_letter_table = None;
+    pc.mysql.create_table = true;
+    let topic = pc.kafka.topics[0].clone();
+    ensure_topic(&pc.kafka.brokers, &topic, partitions).await?;
+    let count = rate * duration.as_secs().max(1);
+    step(&format!("offering {rate} events/s for {duration:?} ({count} events) to {topic}"));
+
+    let pipeline = dp_pipeline::build(&pc).await?;
+    let stats = pipeline.stats();
+    let bar = bar(count + 1);
+    let (watch, _first) = crate::demo::watch_delivery(Arc::clone(&stats), count + 1, bar.clone());
+    let run = tokio::spawn(pipeline.run(watch));
+    // Offer load only once the consumer holds its partitions (it consumed a warm-up event), so
+    // the latency measured is the pipeline's, not the group join's.
+    let kafka = producer(&pc.kafka.brokers)?;
+    let warm_up = ProduceOptions {
+        brokers: pc.kafka.brokers.clone(),
+        topic: topic.clone(),
+        count: 1,
+        rate: None,
+        progress: false,
+        collect_ids: false,
+    };
+    produce(&kafka, &warm_up).await?;
+    let joined = Instant::now();
+    while stats.snapshot().consumed == 0 {
+        anyhow::ensure!(
+            joined.elapsed() < Duration::from_secs(120),
+            "the pipeline consumed nothing in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = {
+        let rss = Arc::clone(&rss);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Ok(mut v) = rss.lock() {
+                    v.push(rss_kib() as f64 / 1024.0);
+                }
+            }
+        })
+    };
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let produced = produce(&kafka, &ProduceOptions { count, rate: Some(rate), ..warm_up }).await?;
+    run.await.context("pipeline task")??;
+    let cpu = cpu_seconds() - cpu_before;
+    let wall = started.elapsed();
+    sampler.abort();
+    bar.finish_and_clear();
+    let rows = {
+        let pool = mysql_pool(&pc)?;
+        let mut conn = pool.get_conn().await?;
+        let rows: u64 =
+            conn.query_first(format!("SELECT COUNT(*) FROM `{}`", pc.mysql.table)).await?.unwrap_or(0);
+        drop(conn);
+        pool.disconnect().await?;
+        rows
+    };
+    // The warm-up event waited for the group join, and once the load stops the last partial
+    // batch waits for the flush interval: neither is steady state, so both are left out.
+    let latency = latencies(&pc, 1, pc.buffer.max_rows).await?;
+    drop_table(&config, &pc.mysql.table).await?;
+    anyhow::ensure!(rows == produced.produced + 1, "stored {rows} rows of {}", produced.produced + 1);
+    let rss_mib_over_time = rss.lock().map(|v| v.clone()).unwrap_or_default();
+    let fill_ms = pc.buffer.max_rows as f64 * 1000.0 / rate as f64;
+    let report = SteadyReport {
+        offered_per_s: rate,
+        events: produced.produced,
+        rows_stored: rows - 1,
+        latency_ms_p50: latency.0,
+        latency_ms_p99: latency.1,
+        latency_ms_max: latency.2,
+        latency_target_ms: fill_ms.min(pc.buffer.flush_interval.as_secs_f64() * 1000.0) + 1000.0,
+        peak_rss_mib: rss_mib_over_time.iter().copied().fold(0.0, f64::max),
+        rss_mib_over_time,
+        cpu_percent_of_one_core: cpu / wall.as_secs_f64().max(f64::EPSILON) * 100.0,
+    };
+    let dir = std::path::Path::new("target/bench");
+    std::fs::create_dir_all(dir).context("cannot create target/bench")?;
+    std::fs::write(dir.join("steady.json"), serde_json::to_string_pretty(&report)? + "\n")
+        .context("cannot write target/bench/steady.json")?;
+    Ok(report)
+}
+
+impl std::fmt::Display for SteadyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "| measure | value |")?;
+        writeln!(f, "| --- | --- |")?;
+        writeln!(f, "| offered | {} events/s, {} events |", self.offered_per_s, self.events)?;
+        writeln!(f, "| rows stored | {} |", self.rows_stored)?;
+        writeln!(
+            f,
+            "| latency p50 / p99 / max | {:.0} / {:.0} / {:.0} ms (target p99 ≤ {:.0} ms: batch fill time + 1 s) |",
+            self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max, self.latency_target_ms
+        )?;
+        writeln!(f, "| peak RSS (whole process) | {:.0} MiB |", self.peak_rss_mib)?;
+        let over: Vec<String> = self.rss_mib_over_time.iter().map(|m| format!("{m:.0}")).collect();
+        writeln!(f, "| RSS every 5 s, MiB | {} |", over.join(" "))?;
+        write!(f, "| CPU (pipeline and producer) | {:.1}% of one core |", self.cpu_percent_of_one_core)
     }
 }

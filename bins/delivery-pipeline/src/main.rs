@@ -89,6 +89,13 @@ enum Command {
         /// Messages in the naive baseline's sample.
         #[arg(long, default_value_t = 20_000)]
         naive_sample: u64,
+        /// Steady-load mode instead: offer this many events per second (e.g. the design's
+        /// 463) while the pipeline runs, and report latency, RSS over time and CPU.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// How long the steady load lasts.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
     },
     /// Inspect and replay the dead-letter table.
     Dlq {
@@ -262,7 +269,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { count, partitions, naive_sample } => {
+        Command::Bench { rate: Some(rate), duration, partitions, .. } => {
+            let report = bench::steady(config, rate, duration, partitions).await?;
+            println!("\n{report}\n\nwritten to target/bench/steady.json");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { count, partitions, naive_sample, rate: None, .. } => {
             let report = bench::run(config, bench::BenchOptions { count, partitions, naive_sample }).await?;
             println!("\n{report}\n\nwritten to target/bench/e2e.json");
             Ok(ExitCode::SUCCESS)
