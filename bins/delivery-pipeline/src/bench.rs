@@ -25,6 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mysql_async::prelude::Queryable;
 use rand::SeedableRng;
 
+use crate::demo::mysql_pool;
 use crate::events::synthetic_event;
 use crate::produce::{ProduceOptions, ensure_topic, produce, producer};
 
@@ -82,8 +83,8 @@ pub struct BenchReport {
 /// Runs the benchmark against `config`'s Kafka, MySQL and Redis.
 pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(opts.count >= 1000, "--count must be at least 1000");
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let id = &id[id.len() - 10..];
+    let id = run_id();
+    let id = id.as_str();
     let topic = format!("bench-{id}");
     let brokers = config.kafka.brokers.clone();
 
@@ -116,13 +117,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
     let redis_bytes_per_message = redis_bytes_per_message(&config, id, &topic).await?;
 
     step("4/4 the pipeline, from the backlog until every event is stored");
-    let mut pc = config.clone();
-    pc.instance_id = format!("bench-{id}");
-    pc.kafka.topics = vec![topic.clone()];
-    pc.kafka.group_id = format!("bench-{id}");
-    pc.mysql.table = format!("bench_e2e_{id}");
-    pc.mysql.dead_letter_table = None;
-    pc.mysql.create_table = true;
+    let pc = scratch_config(&config, &topic, &format!("bench_e2e_{id}"));
     let e2e = pipeline_run(&pc, opts.count).await?;
     let latency = latencies(&pc, 0, 0).await?;
 
@@ -150,11 +145,35 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         mysql_statements_per_1000: per_1000(e2e.mysql_statements),
         redis_commands_per_1000: per_1000(e2e.redis_commands),
     };
+    write_json("e2e.json", &report)?;
+    Ok(report)
+}
+
+/// A short id that names one run's topic, group, instance and tables.
+fn run_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    id[id.len() - 10..].to_owned()
+}
+
+/// `config` pointed at a run's own topic, consumer group, instance id (named after the topic)
+/// and a fresh `table`, so a run never reads or writes anything of another.
+fn scratch_config(config: &Config, topic: &str, table: &str) -> Config {
+    let mut c = config.clone();
+    c.instance_id = topic.to_owned();
+    c.kafka.topics = vec![topic.to_owned()];
+    c.kafka.group_id = topic.to_owned();
+    c.mysql.table = table.to_owned();
+    c.mysql.dead_letter_table = None;
+    c.mysql.create_table = true;
+    c
+}
+
+/// Writes `report` as `target/bench/<name>`.
+fn write_json(name: &str, report: &impl serde::Serialize) -> anyhow::Result<()> {
     let dir = std::path::Path::new("target/bench");
     std::fs::create_dir_all(dir).context("cannot create target/bench")?;
-    std::fs::write(dir.join("e2e.json"), serde_json::to_string_pretty(&report)? + "\n")
-        .context("cannot write target/bench/e2e.json")?;
-    Ok(report)
+    std::fs::write(dir.join(name), serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("cannot write target/bench/{name}"))
 }
 
 fn step(what: &str) {
@@ -362,12 +381,6 @@ async fn questions(conn: &mut mysql_async::Conn) -> anyhow::Result<u64> {
     Ok(row.map_or(0, |r| r.1))
 }
 
-fn mysql_pool(config: &Config) -> anyhow::Result<mysql_async::Pool> {
-    let opts = mysql_async::Opts::from_url(config.mysql.url.expose())
-        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?;
-    Ok(mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false)))
-}
-
 async fn drop_table(config: &Config, table: &str) -> anyhow::Result<()> {
     let pool = mysql_pool(config)?;
     let mut conn = pool.get_conn().await?;
@@ -492,16 +505,9 @@ pub async fn steady(
     partitions: i32,
 ) -> anyhow::Result<SteadyReport> {
     anyhow::ensure!(rate > 0 && !duration.is_zero(), "--rate and --duration must be positive");
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let id = &id[id.len() - 10..];
-    let mut pc = config.clone();
-    pc.instance_id = format!("steady-{id}");
-    pc.kafka.topics = vec![format!("steady-{id}")];
-    pc.kafka.group_id = format!("steady-{id}");
-    pc.mysql.table = format!("bench_steady_{id}");
-    pc.mysql.dead_letter_table = None;
-    pc.mysql.create_table = true;
-    let topic = pc.kafka.topics[0].clone();
+    let id = run_id();
+    let topic = format!("steady-{id}");
+    let pc = scratch_config(&config, &topic, &format!("bench_steady_{id}"));
     ensure_topic(&pc.kafka.brokers, &topic, partitions).await?;
     let count = rate * duration.as_secs().max(1);
     step(&format!("offering {rate} events/s for {duration:?} ({count} events) to {topic}"));
@@ -580,10 +586,7 @@ pub async fn steady(
         rss_mib_over_time,
         cpu_percent_of_one_core: cpu / wall.as_secs_f64().max(f64::EPSILON) * 100.0,
     };
-    let dir = std::path::Path::new("target/bench");
-    std::fs::create_dir_all(dir).context("cannot create target/bench")?;
-    std::fs::write(dir.join("steady.json"), serde_json::to_string_pretty(&report)? + "\n")
-        .context("cannot write target/bench/steady.json")?;
+    write_json("steady.json", &report)?;
     Ok(report)
 }
 

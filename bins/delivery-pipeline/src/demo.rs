@@ -107,10 +107,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     let delivery_time = first_consumed.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
     bar.finish_and_clear();
 
-    let pool = mysql_async::Pool::new(
-        mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(config.mysql.url.expose())?)
-            .prefer_socket(false),
-    );
+    let pool = mysql_pool(&config)?;
     let mut conn = pool.get_conn().await?;
     let rows: u64 = conn.query_first("SELECT COUNT(*) FROM demo_delivery_events").await?.unwrap_or(0);
     let dead_letters: u64 =
@@ -174,11 +171,15 @@ fn min_partitions(count: u64) -> i32 {
     by_bytes.max(by_count).clamp(1, 1024) as i32
 }
 
+/// A pool on `config`'s MySQL, over TCP as configured (never a local socket).
+pub(crate) fn mysql_pool(config: &Config) -> anyhow::Result<mysql_async::Pool> {
+    let opts = mysql_async::Opts::from_url(config.mysql.url.expose())
+        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?;
+    Ok(mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false)))
+}
+
 async fn reset_tables(config: &Config) -> anyhow::Result<()> {
-    let pool = mysql_async::Pool::new(
-        mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(config.mysql.url.expose())?)
-            .prefer_socket(false),
-    );
+    let pool = mysql_pool(config)?;
     let mut conn =
         pool.get_conn().await.with_context(|| format!("cannot connect to mysql at {}", config.mysql.url))?;
     conn.query_drop("DROP TABLE IF EXISTS demo_delivery_events, demo_delivery_events_dead_letter").await?;
