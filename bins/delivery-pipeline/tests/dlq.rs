@@ -98,3 +98,89 @@ async fn dead_letters_are_listed_fixed_in_place_and_replayed_idempotently() {
     drop(c);
     env.drop_tables().await;
 }
+
+/// Reads every message of `topic` from the start (a fresh group), until `count` arrived.
+fn consume_all(topic: &str, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::Message;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7().as_simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            out.push(m.detach());
+        }
+    }
+    out.sort_by_key(|m| m.offset());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_go_to_a_kafka_topic_with_the_original_bytes_and_the_reason_in_headers() {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let env = TestEnv::new("dlq_kafka");
+    env.create_topic(1).await;
+    let producer = delivery_pipeline::produce::producer(KAFKA).expect("producer");
+    let not_utf8: Vec<u8> = b"{\"event_id\":\"\xff\xfe\"}".to_vec();
+    let long = format!(r#"{{"event_id":"too-long","tracking_id":"{}"}}"#, "x".repeat(65)).into_bytes();
+    // offset 0 ok, 1 not UTF-8, 2 too long, 3 tombstone, 4 ok
+    let send = |payload: Option<Vec<u8>>| {
+        let producer = producer.clone();
+        let topic = env.topic.clone();
+        async move {
+            let mut r = FutureRecord::<str, [u8]>::to(&topic).key("k");
+            if let Some(p) = payload.as_deref() {
+                r = r.payload(p);
+            }
+            producer.send(r, Duration::from_secs(10)).await.expect("send");
+        }
+    };
+    send(Some(br#"{"event_id":"ok-1"}"#.to_vec())).await;
+    send(Some(not_utf8.clone())).await;
+    send(Some(long.clone())).await;
+    send(None).await;
+    send(Some(br#"{"event_id":"ok-2"}"#.to_vec())).await;
+
+    let mut child =
+        env.spawn(&["run"], &[("DP_DEAD_LETTER__KAFKA", "true"), ("DP_DEAD_LETTER__MYSQL", "false")]);
+    wait_for("rows", Duration::from_secs(60), || async { env.row_count().await == 2 }).await;
+    let dlq_topic = format!("{}.dlq", env.topic);
+    let dead = consume_all(&dlq_topic, 3);
+    assert!(sigterm(&mut child, Duration::from_secs(25)).success());
+    assert!(common::log_count(&env.log_path(), "created the dead-letter topic") == 1);
+
+    let dead_table = format!("{}_dead_letter", env.table);
+    assert_eq!(env.scalar(&format!("SELECT COUNT(*) FROM `{dead_table}`")).await, 0, "mysql = false");
+    assert_eq!(dead.len(), 3, "three dead letters published");
+    let header = |m: &rdkafka::message::OwnedMessage, name: &str| -> Option<String> {
+        m.headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let expected: [(i64, Option<&[u8]>); 3] =
+        [(1, Some(not_utf8.as_slice())), (2, Some(long.as_slice())), (3, None)];
+    for (m, (offset, payload)) in dead.iter().zip(expected) {
+        assert_eq!(m.payload(), payload, "original bytes, unchanged (offset {offset})");
+        assert_eq!(m.key(), Some(&b"k"[..]), "original key");
+        assert_eq!(header(m, "dp.original.topic").as_deref(), Some(env.topic.as_str()));
+        assert_eq!(header(m, "dp.original.partition").as_deref(), Some("0"));
+        assert_eq!(header(m, "dp.original.offset"), Some(offset.to_string()));
+        assert!(header(m, "dp.original.timestamp").is_some());
+        assert!(header(m, "dp.error.reason").is_some_and(|r| !r.is_empty()));
+        assert!(header(m, "dp.failed.at").is_some());
+    }
+    let classes: Vec<String> = dead.iter().filter_map(|m| header(m, "dp.error.class")).collect();
+    assert_eq!(classes, ["not_utf8", "field_too_long", "null_value"]);
+    env.drop_tables().await;
+}

@@ -19,8 +19,10 @@ async fn rows_and_distinct(env: &TestEnv) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_down_for_60s_under_steady_load_pauses_then_catches_up_losing_nothing() {
+async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limit_then_catches_up() {
     const EVENTS: u64 = 30_000;
+    // 300/s × 60 s = 18,000 events arrive during the outage: the limit is reached after ~27 s.
+    const LIMIT: usize = 8_000;
     const RATE: u64 = 300;
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     const OUTAGE: Duration = Duration::from_secs(60);
@@ -32,6 +34,7 @@ async fn mysql_down_for_60s_under_steady_load_pauses_then_catches_up_losing_noth
         ("DP_MYSQL__URL", url.as_str()),
         ("DP_RETRY__MAX_BACKOFF", "5s"),
         ("DP_BUFFER__FLUSH_INTERVAL", "1s"),
+        ("DP_BUFFER__MAX_BUFFERED_ROWS", "8000"),
     ];
     let mut child = env.spawn(&["run"], &settings);
     let load = env.produce_in_background(EVENTS, RATE);
@@ -49,9 +52,14 @@ async fn mysql_down_for_60s_under_steady_load_pauses_then_catches_up_losing_noth
     }
     let rows_at_restore = env.row_count().await;
     assert_eq!(rows_at_restore, rows_at_cut, "nothing can be stored while MySQL is unreachable");
-    assert!(max_keys <= 2 * 1_000, "memory and Redis hold at most two batches ({max_keys} keys)");
-    assert!(max_keys >= 1_000, "the pipeline kept consuming into its buffer ({max_keys} keys)");
+    assert!(max_keys <= LIMIT, "the instance holds at most buffer.max_buffered_rows ({max_keys} keys)");
+    assert!(
+        max_keys >= LIMIT - 2 * 1_000,
+        "the pipeline kept consuming into Redis beyond the two batches memory holds ({max_keys} keys)"
+    );
     let log = env.log_path();
+    assert!(log_count(&log, "holding full batches in Redis only") >= 1, "spilled to Redis");
+    assert!(log_count(&log, "buffer limit reached") >= 1, "stopped spilling at the limit");
     assert!(log_count(&log, "kafka partitions paused") >= 1, "consumption paused at the limit");
     assert_eq!(
         log_count(&log, "kafka partitions revoked"),

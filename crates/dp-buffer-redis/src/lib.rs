@@ -365,6 +365,41 @@ impl Buffer for RedisBuffer {
         Ok(())
     }
 
+    fn can_fetch(&self) -> bool {
+        true
+    }
+
+    async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGE) {
+            let names: Vec<&str> = chunk.iter().map(|k| k.0.as_str()).collect();
+            let values: Vec<Value> = self.client.mget(names).await.map_err(|e| transient("MGET", e))?;
+            for (key, value) in chunk.iter().zip(values) {
+                let bytes = match value {
+                    Value::Null => {
+                        out.push(None);
+                        continue;
+                    }
+                    Value::Bytes(b) => b,
+                    Value::String(s) => s.into_inner(),
+                    other => {
+                        self.quarantine(&key.0, &format!("unexpected value type {:?}", other.kind())).await?;
+                        out.push(None);
+                        continue;
+                    }
+                };
+                match decode_record(&bytes) {
+                    Ok(record) => out.push(Some(record)),
+                    Err(e) => {
+                        self.quarantine(&key.0, &e.to_string()).await?;
+                        out.push(None);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
         self.load(&self.buffer_prefix.clone()).await
     }

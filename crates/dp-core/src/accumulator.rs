@@ -24,6 +24,8 @@ pub enum FlushTrigger {
     Adopt,
     /// Partitions were revoked by a consumer-group rebalance.
     Rebalance,
+    /// A batch held only in the write-ahead buffer while the sink was failing, read back.
+    Spilled,
 }
 
 impl FlushTrigger {
@@ -36,6 +38,7 @@ impl FlushTrigger {
             Self::Restore => "restore",
             Self::Adopt => "adopt",
             Self::Rebalance => "rebalance",
+            Self::Spilled => "spilled",
         }
     }
 }

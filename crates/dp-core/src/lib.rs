@@ -29,4 +29,6 @@ pub use error::{BufferError, ErrorKind, SinkError, SourceError};
 pub use offsets::OffsetTracker;
 pub use record::{Coordinates, Header, Record};
 pub use secret::{SecretUrl, redact_url};
-pub use traits::{BatchOutcome, Buffer, BufferKey, DeadLetter, Orphan, Sink, Source, Watermarks};
+pub use traits::{
+    BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Orphan, Sink, Source, Watermarks,
+};

@@ -79,6 +79,20 @@ pub trait Buffer: Send + Sync {
         Ok(())
     }
 
+    /// Whether [`fetch`](Buffer::fetch) works. A buffer that can read records back lets the
+    /// runtime keep collecting while the sink is down, holding the batches only in the buffer
+    /// (up to `buffer.max_buffered_rows`); otherwise consumption pauses once memory is full.
+    fn can_fetch(&self) -> bool {
+        false
+    }
+
+    /// Reads back the records stored under `keys` by this instance's
+    /// [`append`](Buffer::append), in the same order; `None` where a key no longer exists.
+    async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
+        let _ = keys;
+        Err(BufferError::permanent("this buffer cannot read records back"))
+    }
+
     /// Every record left by an earlier run of this instance, in arrival order.
     async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
         Ok(Vec::new())
@@ -196,6 +210,15 @@ pub trait Sink: Send + Sync {
     }
 }
 
+/// A further destination for dead letters, such as a Kafka topic. A sink that supports one
+/// publishes a batch's dead letters there *before* it commits the batch, so a crash can repeat
+/// an entry in it (at least once) but never lose one.
+#[async_trait]
+pub trait DeadLetterPublisher: Send + Sync {
+    /// Publishes `entries` and returns once the destination acknowledged every one.
+    async fn publish(&self, entries: &[DeadLetter]) -> Result<(), SinkError>;
+}
+
 /// Durable progress recorded outside the source: for each partition, the next offset whose
 /// record is not yet stored. A source consults it when it is assigned a partition, and starts
 /// reading from the larger of this and its own committed position, so records the store
@@ -217,6 +240,7 @@ mod object_safety {
         _: std::sync::Arc<dyn Buffer>,
         _: std::sync::Arc<dyn Sink>,
         _: std::sync::Arc<dyn Watermarks>,
+        _: std::sync::Arc<dyn DeadLetterPublisher>,
     ) {
     }
 }

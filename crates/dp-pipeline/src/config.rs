@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use dp_buffer_redis::RedisBufferConfig;
 use dp_sink_mysql::MysqlSinkConfig;
 use dp_source_kafka::KafkaSourceConfig;
@@ -26,6 +27,8 @@ pub struct Config {
     pub mysql: MysqlSinkConfig,
     /// Batching.
     pub buffer: BufferConfig,
+    /// Where messages that cannot become rows go.
+    pub dead_letter: DeadLetterConfig,
     /// Retrying a batch the sink could not write.
     pub retry: RetryConfig,
     /// How long a graceful shutdown may take before the process gives up (what is left stays
@@ -107,6 +110,7 @@ impl Default for Config {
             redis: RedisBufferConfig::default(),
             mysql: MysqlSinkConfig::default(),
             buffer: BufferConfig::default(),
+            dead_letter: DeadLetterConfig::default(),
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),
             commit_policy: CommitPolicy::AfterSink,
@@ -114,6 +118,28 @@ impl Default for Config {
             log: LogConfig::default(),
             http: HttpConfig::default(),
         }
+    }
+}
+
+/// Dead-letter destinations (`[dead_letter]`, `DP_DEAD_LETTER__*`). Every entry keeps the
+/// original bytes, its Kafka coordinates and the reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Write dead letters to the MySQL dead-letter table (`mysql.dead_letter_table`), in the
+    /// batch's own transaction. `delivery-pipeline dlq list/replay` read this table.
+    pub mysql: bool,
+    /// Publish dead letters to a Kafka topic as well (or instead, with `mysql = false`), before
+    /// the batch commits: at least once, reason and coordinates in headers.
+    pub kafka: bool,
+    /// The dead-letter topic; `{topic}` stands for the source topic. Created at startup when
+    /// missing, with the source topic's partition count.
+    pub kafka_topic: String,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self { mysql: true, kafka: false, kafka_topic: "{topic}.dlq".into() }
     }
 }
 
@@ -127,11 +153,23 @@ pub struct BufferConfig {
     /// Flush when the oldest buffered record has waited this long (`30s`, `500ms`).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// While the sink is failing, the most records this instance holds, in memory and in the
+    /// write-ahead buffer together. Beyond the two batches memory holds, full batches are kept
+    /// in the buffer only (*spilled*) and read back once the sink recovers; at this limit the
+    /// Kafka partitions are paused. `2 × max_rows` turns spilling off.
+    pub max_buffered_rows: usize,
+    /// The same limit in payload bytes (`"256 MiB"`, or a number of bytes).
+    pub max_buffered_bytes: ByteSize,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        Self { max_rows: 1000, flush_interval: Duration::from_secs(30) }
+        Self {
+            max_rows: 1000,
+            flush_interval: Duration::from_secs(30),
+            max_buffered_rows: 100_000,
+            max_buffered_bytes: ByteSize::mib(256),
+        }
     }
 }
 
@@ -179,6 +217,27 @@ impl Config {
             ));
         }
         self.kafka.validate()?;
+        if !self.dead_letter.mysql && !self.dead_letter.kafka {
+            return Err("dead_letter.mysql / dead_letter.kafka: at least one destination must be on".into());
+        }
+        if self.dead_letter.kafka {
+            for topic in &self.kafka.topics {
+                let dlq = dp_source_kafka::dead_letter_topic(&self.dead_letter.kafka_topic, topic);
+                let valid = !dlq.is_empty()
+                    && dlq.len() <= 249
+                    && dlq.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !valid {
+                    return Err(format!(
+                        "dead_letter.kafka_topic: `{dlq}` (for topic {topic}) is not a valid topic name (1-249 of [a-zA-Z0-9._-]; `{{topic}}` stands for the source topic)"
+                    ));
+                }
+                if self.kafka.topics.contains(&dlq) {
+                    return Err(format!(
+                        "dead_letter.kafka_topic: `{dlq}` is also a source topic; dead letters would be consumed again"
+                    ));
+                }
+            }
+        }
         self.redis.validate()?;
         self.mysql.validate()?;
         if self.buffer.max_rows == 0 {
@@ -189,6 +248,15 @@ impl Config {
         }
         if self.buffer.flush_interval.is_zero() {
             return Err("buffer.flush_interval: must be greater than zero, e.g. \"30s\"".into());
+        }
+        if self.buffer.max_buffered_rows < 2 * self.buffer.max_rows {
+            return Err(format!(
+                "buffer.max_buffered_rows: must be at least 2 × buffer.max_rows = {} (that value turns holding batches in Redis only off)",
+                2 * self.buffer.max_rows
+            ));
+        }
+        if self.buffer.max_buffered_bytes.as_u64() == 0 {
+            return Err("buffer.max_buffered_bytes: must be greater than zero, e.g. \"256 MiB\"".into());
         }
         if self.buffer.flush_interval > Duration::from_secs(24 * 3600) {
             return Err("buffer.flush_interval: at most 24h".into());
@@ -239,6 +307,23 @@ mod tests {
             ("instance_id", Box::new(|c| c.instance_id = String::new())),
             ("buffer.max_rows", Box::new(|c| c.buffer.max_rows = 0)),
             ("buffer.flush_interval", Box::new(|c| c.buffer.flush_interval = Duration::ZERO)),
+            ("dead_letter.mysql", Box::new(|c| c.dead_letter.mysql = false)),
+            (
+                "dead_letter.kafka_topic",
+                Box::new(|c| {
+                    c.dead_letter.kafka = true;
+                    c.dead_letter.kafka_topic = "{topic}".into();
+                }),
+            ),
+            (
+                "dead_letter.kafka_topic",
+                Box::new(|c| {
+                    c.dead_letter.kafka = true;
+                    c.dead_letter.kafka_topic = "dlq for {topic}".into();
+                }),
+            ),
+            ("buffer.max_buffered_rows", Box::new(|c| c.buffer.max_buffered_rows = 1_999)),
+            ("buffer.max_buffered_bytes", Box::new(|c| c.buffer.max_buffered_bytes = ByteSize::b(0))),
             ("retry.multiplier", Box::new(|c| c.retry.multiplier = 0.5)),
             ("retry.initial_backoff", Box::new(|c| c.retry.initial_backoff = Duration::ZERO)),
             ("shutdown_timeout", Box::new(|c| c.shutdown_timeout = Duration::ZERO)),

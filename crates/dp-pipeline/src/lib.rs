@@ -17,6 +17,7 @@ pub mod config;
 pub mod metrics;
 mod readiness;
 mod runtime;
+mod spill;
 mod stats;
 mod write_ahead;
 
@@ -24,7 +25,9 @@ use std::sync::Arc;
 
 use dp_core::Watermarks;
 
-pub use config::{BufferConfig, CommitPolicy, Config, HttpConfig, LogConfig, LogFormat, RetryConfig};
+pub use config::{
+    BufferConfig, CommitPolicy, Config, DeadLetterConfig, HttpConfig, LogConfig, LogFormat, RetryConfig,
+};
 pub use readiness::Readiness;
 pub use runtime::{Pipeline, PipelineError, RunSummary};
 pub use stats::{PipelineStats, StatsSnapshot};
@@ -93,6 +96,12 @@ pub async fn build(config: &Config) -> Result<Pipeline, BuildError> {
                 )));
             }
         }
+    }
+    if config.dead_letter.kafka {
+        let publisher =
+            dp_source_kafka::KafkaDeadLetters::new(&config.kafka, &config.dead_letter.kafka_topic)?;
+        publisher.ensure_topics(&config.kafka.topics).await?;
+        sink = sink.with_dead_letter_publisher(Arc::new(publisher), config.dead_letter.mysql);
     }
     let mut source = dp_source_kafka::KafkaSource::new(&config.kafka)?;
     if watermarks {

@@ -29,8 +29,10 @@ pub const LATENCY_SECONDS: &str = "dp_end_to_end_latency_seconds";
 pub const BUFFERED: &str = "dp_buffered_messages";
 /// Approximate bytes of the messages held in memory.
 pub const BUFFERED_BYTES: &str = "dp_buffered_bytes";
-/// Messages held in memory that also have a Redis write-ahead copy.
+/// Messages with a Redis write-ahead copy that are not delivered yet (in memory or spilled).
 pub const REDIS_BUFFERED: &str = "dp_redis_buffered_messages";
+/// Messages held in Redis only (not in memory) while the sink is failing.
+pub const SPILLED: &str = "dp_spilled_messages";
 /// Write-ahead appends or deletions that failed.
 pub const BUFFER_FAILURES: &str = "dp_redis_backup_failures_total";
 /// 1 while Redis is unreachable (messages are held in memory only).
@@ -67,7 +69,12 @@ pub fn describe() {
     describe_histogram!(LATENCY_SECONDS, Unit::Seconds, "Kafka message timestamp to MySQL commit.");
     describe_gauge!(BUFFERED, Unit::Count, "Messages held in memory (collecting and being written).");
     describe_gauge!(BUFFERED_BYTES, Unit::Bytes, "Approximate bytes of the messages held in memory.");
-    describe_gauge!(REDIS_BUFFERED, Unit::Count, "Messages held that also have a Redis write-ahead copy.");
+    describe_gauge!(
+        REDIS_BUFFERED,
+        Unit::Count,
+        "Undelivered messages with a Redis write-ahead copy (in memory or spilled)."
+    );
+    describe_gauge!(SPILLED, Unit::Count, "Messages held in Redis only while the sink is failing.");
     describe_counter!(BUFFER_FAILURES, Unit::Count, "Redis write-ahead appends or deletions that failed.");
     describe_gauge!(BUFFER_DOWN, "1 while Redis is unreachable and messages are held in memory only.");
     describe_gauge!(SUSPENDED, Unit::Count, "Partitions whose messages are held in memory only.");

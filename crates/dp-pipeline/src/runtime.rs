@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{BufferConfig, CommitPolicy, RetryConfig};
 use crate::metrics as m;
+use crate::spill::{Spill, Spilled};
 use crate::stats::{PipelineStats, StatsSnapshot};
 use crate::write_ahead::WriteAhead;
 
@@ -74,6 +75,22 @@ pub enum PipelineError {
     /// The source failed in a way retrying cannot fix. What it handed out is drained first.
     #[error("source failed: {0}")]
     Source(#[source] dp_core::SourceError),
+    /// Records held only in the write-ahead buffer while the sink was failing are gone from it
+    /// (a buffer restarted without persistence, or evicting keys). Nothing after them is
+    /// written, so no watermark passes them: under `after_sink` Kafka still has them, and the
+    /// next start reads them again.
+    #[error(
+        "{missing} of {total} records held in the write-ahead buffer only are gone from it (restarted without persistence, or evicting keys?); stopping without writing anything after them, so the next start reads them from Kafka again"
+    )]
+    BufferLost {
+        /// Records whose keys were missing.
+        missing: usize,
+        /// Records of the batch read back.
+        total: usize,
+    },
+    /// Reading spilled records back failed permanently.
+    #[error("reading records back from the write-ahead buffer failed: {0}")]
+    Fetch(#[source] BufferError),
     /// A flush task panicked or was cancelled.
     #[error("flush task failed: {0}")]
     Task(String),
@@ -166,33 +183,46 @@ impl Pipeline {
         );
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
+        let mut spill = Spill::new(&buffer_config, deliverer.buffer.can_fetch());
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)> = None;
         // Set when partitions were revoked: flush everything buffered as soon as possible.
         let mut flush_now = false;
         let mut failed: Option<PipelineError> = None;
         tokio::pin!(shutdown);
         loop {
-            if flush_now && in_flight.is_none() {
-                flush_now = false;
-                if !acc.is_empty() {
-                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
+            if in_flight.is_none() {
+                // Spilled batches are older than anything collected: they go first.
+                if let Some(spilled) = spill.pop() {
+                    in_flight = Some(start_spilled(&deliverer, spilled));
+                } else if flush_now {
+                    flush_now = false;
+                    if !acc.is_empty() {
+                        in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
+                    }
                 }
             }
             let flying = in_flight.as_ref().map_or(Held::default(), |f| f.1);
-            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying.records);
+            let failing = stats.sink_failing.load(Ordering::Relaxed) > 0;
+            spill.offer(&mut acc, (flying.records, flying.bytes), failing);
+            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying.in_memory);
+            PipelineStats::set(&stats.spilled, m::SPILLED, spill.rows());
             m::set(m::BUFFERED_BYTES, acc.bytes() + flying.bytes);
-            m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys);
+            m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys + spill.rows());
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
+            // While a batch is retried and memory is full, look again now and then whether the
+            // collected batch can be spilled (the sink's state changes inside the flush task).
+            let stuck = in_flight.is_some() && acc.room() == 0;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 done = join(&mut in_flight) => {
                     in_flight = None;
                     complete(source.as_mut(), &mut write_ahead, done?);
-                    if let Some(trigger) = acc.due(Instant::now()) {
+                    if spill.is_empty() && let Some(trigger) = acc.due(Instant::now()) {
                         in_flight = Some(start(&deliverer, &mut acc, trigger));
                     }
                 }
+                () = tokio::time::sleep(SPILL_CHECK), if stuck => {}
                 () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {
                     in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Interval));
                 }
@@ -212,7 +242,10 @@ impl Pipeline {
                         if source.revoked() {
                             tracing::info!(buffered = acc.len(), "partitions revoked: flushing what is buffered now");
                             flush_now = true;
-                        } else if in_flight.is_none() && acc.due(Instant::now()) == Some(FlushTrigger::Size) {
+                        } else if in_flight.is_none()
+                            && spill.is_empty()
+                            && acc.due(Instant::now()) == Some(FlushTrigger::Size)
+                        {
                             in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                         }
                     }
@@ -236,6 +269,10 @@ impl Pipeline {
                 let done = join_handle(&mut flight.0).await;
                 in_flight = None;
                 complete(source.as_mut(), &mut write_ahead, done?);
+            }
+            while let Some(spilled) = spill.pop() {
+                let done = Arc::clone(&deliverer).deliver_spilled(spilled.keys).await?;
+                complete(source.as_mut(), &mut write_ahead, done);
             }
             if !acc.is_empty() {
                 let batch = acc.take();
@@ -262,6 +299,7 @@ impl Pipeline {
             tracing::warn!(error = %e, "closing the sink failed");
         }
         PipelineStats::set(&stats.memory_buffered, m::BUFFERED, 0);
+        PipelineStats::set(&stats.spilled, m::SPILLED, 0);
         m::set(m::BUFFERED_BYTES, 0);
         m::set(m::REDIS_BUFFERED, 0);
         match drained {
@@ -358,12 +396,18 @@ async fn adopt(deliverer: &Arc<Deliverer>, orphan: dp_core::Orphan, max_rows: us
     }
 }
 
-/// What a batch being written holds: records, their write-ahead keys, approximate bytes.
+/// How often a pipeline whose memory is full and whose flush is being retried checks whether
+/// it can spill the collected batch.
+const SPILL_CHECK: Duration = Duration::from_millis(250);
+
+/// What a batch being written holds: records, their write-ahead keys, approximate bytes, and
+/// how many of its records are in memory (none while a spilled batch is read back).
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
     records: usize,
     keys: usize,
     bytes: usize,
+    in_memory: usize,
 }
 
 fn start(
@@ -373,8 +417,18 @@ fn start(
 ) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
     let bytes = acc.bytes();
     let batch = acc.take();
-    let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes };
+    let records = batch.records.len();
+    let held = Held { records, keys: batch.keys.len(), bytes, in_memory: records };
     (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), held)
+}
+
+fn start_spilled(
+    deliverer: &Arc<Deliverer>,
+    spilled: Spilled,
+) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
+    let n = spilled.keys.len();
+    let held = Held { records: n, keys: n, bytes: spilled.bytes, in_memory: 0 };
+    (tokio::spawn(Arc::clone(deliverer).deliver_spilled(spilled.keys)), held)
 }
 
 fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Delivered) {
@@ -458,6 +512,41 @@ impl Deliverer {
         Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
     }
 
+    /// Reads a spilled batch back from the buffer (retrying while it is unreachable) and
+    /// delivers it.
+    async fn deliver_spilled(self: Arc<Self>, keys: Vec<BufferKey>) -> Result<Delivered, PipelineError> {
+        let mut schedule = self.backoff();
+        let fetched = loop {
+            match self.buffer.fetch(&keys).await {
+                Ok(fetched) => break fetched,
+                Err(e) if e.is_transient() => {
+                    let delay =
+                        schedule.next().unwrap_or(self.retry.max_backoff).mul_f64(rand::random::<f64>());
+                    tracing::warn!(records = keys.len(), delay_ms = delay.as_millis() as u64, error = %e, "reading spilled records back failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(PipelineError::Fetch(e)),
+            }
+        };
+        let total = fetched.len();
+        let records: Vec<Record> = fetched.into_iter().flatten().collect();
+        if records.len() < keys.len() {
+            let missing = keys.len() - records.len();
+            tracing::error!(missing, total, "spilled records are gone from the write-ahead buffer");
+            return Err(PipelineError::BufferLost { missing, total });
+        }
+        self.deliver(Batch { records, keys }, FlushTrigger::Spilled).await
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry.initial_backoff)
+            .with_max_delay(self.retry.max_backoff)
+            .with_factor(self.retry.multiplier)
+            .without_max_times()
+            .build()
+    }
+
     /// Deletes delivered records' write-ahead copies, with any that failed before. While the
     /// buffer is down, keys are kept for later instead of waiting on it; a copy that outlives
     /// its record is harmless (a restore finds it below the watermark and skips it).
@@ -528,12 +617,7 @@ impl Deliverer {
         &self,
         mut op: impl FnMut() -> BoxFuture<'a, Result<T, SinkError>>,
     ) -> Result<Result<T, SinkError>, PipelineError> {
-        let mut schedule = ExponentialBuilder::default()
-            .with_min_delay(self.retry.initial_backoff)
-            .with_max_delay(self.retry.max_backoff)
-            .with_factor(self.retry.multiplier)
-            .without_max_times()
-            .build();
+        let mut schedule = self.backoff();
         let mut attempts = 0u32;
         let mut failing_since: Option<Instant> = None;
         // The sink answered (success or a refusal of the data): it is up.

@@ -82,6 +82,13 @@ impl Buffer for MemBuffer {
     async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
         Ok(self.map.lock().expect("lock").iter().map(|(k, r)| (BufferKey(k.clone()), r.clone())).collect())
     }
+    fn can_fetch(&self) -> bool {
+        true
+    }
+    async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
+        let map = self.map.lock().expect("lock");
+        Ok(keys.iter().map(|k| map.get(&k.0).cloned()).collect())
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +100,10 @@ struct MemSink {
     transient_failures: AtomicUsize,
     refuse: BTreeSet<i64>,
     no_dead_letter: bool,
+    /// Fails every write transiently while set.
+    down: std::sync::atomic::AtomicBool,
+    /// Offsets in the order they were first written.
+    order: Mutex<Vec<i64>>,
 }
 
 #[async_trait]
@@ -103,11 +114,16 @@ impl Sink for MemSink {
             self.transient_failures.fetch_sub(1, Ordering::Relaxed);
             return Err(SinkError::transient("connection reset"));
         }
+        if self.down.load(Ordering::Relaxed) {
+            return Err(SinkError::transient("connection refused"));
+        }
         if records.iter().any(|r| self.refuse.contains(&r.offset)) {
             return Err(SinkError::permanent("data too long").with_code(1406, Some("22001".into())));
         }
         let mut rows = self.rows.lock().expect("lock");
-        let inserted = records.iter().filter(|r| rows.insert(r.offset)).count();
+        let mut order = self.order.lock().expect("lock");
+        let inserted =
+            records.iter().filter(|r| rows.insert(r.offset)).inspect(|r| order.push(r.offset)).count();
         self.batches.lock().expect("lock").push(records.len());
         Ok(BatchOutcome { inserted, duplicates: records.len() - inserted, dead_lettered: 0 })
     }
@@ -142,7 +158,7 @@ fn pipeline(
         Box::new(source.clone()),
         Arc::clone(buffer) as Arc<dyn Buffer>,
         Arc::clone(sink) as Arc<dyn Sink>,
-        BufferConfig { max_rows, flush_interval: interval },
+        BufferConfig { max_rows, flush_interval: interval, ..BufferConfig::default() },
         retry(),
         Duration::from_secs(5),
     )
@@ -243,4 +259,90 @@ async fn a_record_that_cannot_be_dead_lettered_stops_the_pipeline_without_acknow
     assert!(matches!(err, PipelineError::Undeliverable { offset: 2, .. }), "{err}");
     assert!(source.acked().is_empty(), "nothing of the failed batch is acknowledged");
     assert_eq!(buffer.map.lock().expect("lock").len(), 4, "the write-ahead copies stay for the next start");
+}
+
+#[tokio::test]
+async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit_then_drain_in_order() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let source = VecSource::with(500);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
+    let p = Pipeline::new(
+        Box::new(source.clone()),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        BufferConfig {
+            max_rows: 10,
+            flush_interval: Duration::from_secs(3600),
+            max_buffered_rows: 100,
+            ..BufferConfig::default()
+        },
+        retry(),
+        Duration::from_secs(5),
+    );
+    let (peak_spilled, consumed_at_limit) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (peak, at_limit, s2) = (Arc::clone(&peak_spilled), Arc::clone(&consumed_at_limit), Arc::clone(&sink));
+    let summary = run_until(p, move |s| {
+        peak.fetch_max(s.spilled, Ordering::Relaxed);
+        // 10 being retried + 80 spilled + 10 collected = the limit of 100.
+        if s.spilled == 80 && s2.down.load(Ordering::Relaxed) {
+            // Give the loop time to show it takes nothing more.
+            std::thread::sleep(Duration::from_millis(600));
+            at_limit.store(s2.calls.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+            s2.down.store(false, Ordering::Relaxed);
+        }
+        s.inserted == 500
+    })
+    .await
+    .expect("runs");
+    assert_eq!(peak_spilled.load(Ordering::Relaxed), 80, "spilled up to the limit, never past it");
+    assert!(
+        consumed_at_limit.load(Ordering::Relaxed) > 0,
+        "the sink came back only once the limit was reached"
+    );
+    assert_eq!(summary.stats.inserted, 500);
+    assert_eq!(summary.stats.spilled, 0);
+    let order = sink.order.lock().expect("lock").clone();
+    for partition in 0..2 {
+        let offsets: Vec<i64> = order.iter().copied().filter(|o| o % 2 == partition).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {partition} written in offset order");
+    }
+    assert_eq!(source.acked(), (0..500).collect());
+    assert!(buffer.map.lock().expect("lock").is_empty(), "every spilled copy deleted once delivered");
+}
+
+#[tokio::test]
+async fn spilled_records_missing_from_the_buffer_stop_the_pipeline_before_anything_later_is_written() {
+    use std::sync::atomic::AtomicBool;
+    let source = VecSource::with(60);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
+    let p = Pipeline::new(
+        Box::new(source.clone()),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        BufferConfig {
+            max_rows: 10,
+            flush_interval: Duration::from_secs(3600),
+            max_buffered_rows: 100,
+            ..BufferConfig::default()
+        },
+        retry(),
+        Duration::from_secs(5),
+    );
+    let (b2, s2) = (Arc::clone(&buffer), Arc::clone(&sink));
+    let err = run_until(p, move |s| {
+        if s.spilled >= 20 && s2.down.load(Ordering::Relaxed) {
+            // The buffer loses everything (a restart without persistence), then the sink is back.
+            b2.map.lock().expect("lock").clear();
+            s2.down.store(false, Ordering::Relaxed);
+        }
+        false
+    })
+    .await
+    .expect_err("must stop");
+    assert!(matches!(err, PipelineError::BufferLost { .. }), "{err}");
+    let written = sink.rows.lock().expect("lock").clone();
+    assert!(written.iter().all(|o| *o < 10), "only the batch that was in memory is written: {written:?}");
+    assert!(source.acked().iter().all(|o| *o < 10), "nothing after the lost records is acknowledged");
 }

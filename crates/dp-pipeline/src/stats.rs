@@ -25,6 +25,8 @@ pub struct PipelineStats {
     pub buffer_failures: AtomicU64,
     /// Records currently held in memory (collecting plus being written).
     pub memory_buffered: AtomicU64,
+    /// Records currently held in the write-ahead buffer only, because the sink is failing.
+    pub spilled: AtomicU64,
     /// 1 while the write-ahead buffer is unreachable.
     pub buffer_down: AtomicU64,
     /// Partitions with records held only in memory (not written ahead).
@@ -58,6 +60,8 @@ pub struct StatsSnapshot {
     pub buffer_failures: u64,
     /// See [`PipelineStats::memory_buffered`].
     pub memory_buffered: u64,
+    /// See [`PipelineStats::spilled`].
+    pub spilled: u64,
     /// See [`PipelineStats::buffer_down`].
     pub buffer_down: u64,
     /// See [`PipelineStats::suspended_partitions`].
@@ -78,6 +82,7 @@ impl PipelineStats {
             retries: self.retries.load(Relaxed),
             buffer_failures: self.buffer_failures.load(Relaxed),
             memory_buffered: self.memory_buffered.load(Relaxed),
+            spilled: self.spilled.load(Relaxed),
             buffer_down: self.buffer_down.load(Relaxed),
             suspended_partitions: self.suspended_partitions.load(Relaxed),
         }

@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{BatchOutcome, DeadLetter, Record, SecretUrl, Sink, SinkError, Watermarks, encode_record};
+use dp_core::{
+    BatchOutcome, DeadLetter, DeadLetterPublisher, Record, SecretUrl, Sink, SinkError, Watermarks,
+    encode_record,
+};
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 use serde::{Deserialize, Serialize};
@@ -168,6 +171,10 @@ pub struct MysqlSink {
     dead_letter_table: Arc<str>,
     offsets_table: Arc<str>,
     consumer_group: Option<Arc<str>>,
+    /// Write dead letters to the dead-letter table.
+    dead_letter_rows: bool,
+    /// Also (or instead) publish them here, before the transaction commits.
+    publisher: Option<Arc<dyn DeadLetterPublisher>>,
     mapping: Arc<Mapping>,
     max_statement_bytes: usize,
     statements: Arc<Mutex<StatementCache>>,
@@ -251,6 +258,8 @@ impl MysqlSink {
             dead_letter_table: Arc::from(dlq.as_str()),
             offsets_table: Arc::from(config.offsets_table.as_str()),
             consumer_group: None,
+            dead_letter_rows: true,
+            publisher: None,
             mapping: Arc::new(Mapping {
                 event_id_field: config.event_id_field.clone(),
                 max_payload_bytes: config.max_payload_bytes,
@@ -267,6 +276,37 @@ impl MysqlSink {
     pub fn with_consumer_group(mut self, group: &str) -> Self {
         self.consumer_group = Some(Arc::from(group));
         self
+    }
+
+    /// Publishes dead letters to `publisher` (a Kafka topic, say) before each transaction that
+    /// holds them commits; with `keep_table` false they are no longer written to the
+    /// dead-letter table. A failed publish fails the batch transiently (it is retried).
+    pub fn with_dead_letter_publisher(
+        mut self,
+        publisher: Arc<dyn DeadLetterPublisher>,
+        keep_table: bool,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self.dead_letter_rows = keep_table;
+        self
+    }
+
+    /// Stores dead letters in the table and/or hands them to the publisher, within `tx`.
+    async fn store_dead_letters(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        entries: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if self.dead_letter_rows {
+            self.insert_dead_letters(tx, entries).await?;
+        }
+        if let Some(publisher) = &self.publisher {
+            publisher.publish(entries).await?;
+        }
+        Ok(())
     }
 
     /// The watermarks of `partitions` for the configured group (next offset to consume);
@@ -566,7 +606,7 @@ impl Sink for MysqlSink {
             }
         }
         let inserted = self.insert_rows(&mut tx, &rows).await?;
-        self.insert_dead_letters(&mut tx, &rejected).await?;
+        self.store_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
         for d in &rejected {
@@ -593,7 +633,7 @@ impl Sink for MysqlSink {
         let keep = self.fresh_records(&mut tx, &records).await?;
         let fresh: Vec<DeadLetter> =
             entries.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.clone()).collect();
-        self.insert_dead_letters(&mut tx, &fresh).await?;
+        self.store_dead_letters(&mut tx, &fresh).await?;
         self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))
     }

@@ -21,6 +21,7 @@
 //! and goes on polling, so the member stays in the group however long the sink is down.
 
 mod config;
+mod dead_letters;
 mod poller;
 
 use std::collections::VecDeque;
@@ -38,6 +39,7 @@ use tokio::time::Instant;
 use poller::{Event, PollerContext, Shared};
 
 pub use config::{KafkaSourceConfig, string_or_list};
+pub use dead_letters::{KafkaDeadLetters, dead_letter_topic};
 
 /// Errors of the Kafka source.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,16 @@ pub enum KafkaSourceError {
         topics: Vec<String>,
         /// The client's error.
         source: KafkaError,
+    },
+    /// A dead-letter topic is missing and could not be created.
+    #[error(
+        "dead_letter.kafka_topic: cannot create topic {topic}: {reason} (create it, or let this client create topics)"
+    )]
+    DeadLetterTopic {
+        /// The dead-letter topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
     },
     /// The brokers did not answer a metadata request.
     #[error(

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Box::new(source),
         Arc::new(buffer),
         Arc::new(sink),
-        BufferConfig { max_rows: 500, flush_interval: Duration::from_secs(1) },
+        BufferConfig { max_rows: 500, flush_interval: Duration::from_secs(1), ..BufferConfig::default() },
         RetryConfig::default(),
         Duration::from_secs(20),
     );
