@@ -94,6 +94,67 @@ async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_and_redis_down_together_pause_consumption_and_lose_nothing() {
+    const EVENTS: u64 = 20_000;
+    const RATE: u64 = 400;
+    let env = TestEnv::new("both_down");
+    env.create_topic(4).await;
+    let mysql = Proxy::start("127.0.0.1:3306").await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let mysql_url = format!("mysql://root@127.0.0.1:{}/test", mysql.port);
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let settings = [
+        ("DP_MYSQL__URL", mysql_url.as_str()),
+        ("DP_REDIS__URL", redis_url.as_str()),
+        ("DP_RETRY__MAX_BACKOFF", "2s"),
+        ("DP_BUFFER__MAX_BUFFERED_ROWS", "6000"),
+    ];
+    let mut child = env.spawn(&["run"], &settings);
+    let load = env.produce_in_background(EVENTS, RATE);
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 2_000 }).await;
+
+    // MySQL first: the pipeline spills to Redis beyond the two batches memory holds.
+    mysql.cut();
+    wait_for("spilling to Redis", Duration::from_secs(40), || async { env.redis_keys().await >= 3_000 })
+        .await;
+    // Then Redis too: nothing can be spilled or backed up any more; memory fills and Kafka pauses.
+    redis.cut();
+    let rows_at_cut = env.row_count().await;
+    let keys_at_cut = env.redis_keys().await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(child.try_wait().expect("wait").is_none(), "the pipeline must not stop while both are down");
+    let log = env.log_path();
+    assert_eq!(env.row_count().await, rows_at_cut);
+    assert!(log_count(&log, "write-ahead buffer unreachable") >= 1);
+    assert!(log_count(&log, "kafka partitions paused") >= 1, "consumption paused");
+
+    // MySQL back while Redis is still cut: the batch in memory is stored; the spilled ones wait
+    // for Redis (retried), and nothing after them is stored ahead of them.
+    mysql.restore();
+    wait_for("spilled read-back retried", Duration::from_secs(30), || async {
+        log_count(&log, "reading spilled records back failed; retrying") >= 1
+    })
+    .await;
+    redis.restore();
+    let produced = as_set(load.await.expect("load"));
+    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+        .await;
+    assert!(log_count(&log, "kafka partitions resumed") >= 1, "consumption resumed");
+    let status = sigterm(&mut child, Duration::from_secs(25));
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let (rows, distinct) = rows_and_distinct(&env).await;
+    let keys = env.redis_keys().await;
+    eprintln!(
+        "mysql and redis down: rows at the redis cut {rows_at_cut}, redis keys then {keys_at_cut}; produced {}, rows {rows}, distinct {distinct}, redis keys left {keys}",
+        produced.len()
+    );
+    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
+    assert_eq!(as_set(env.event_ids().await), produced);
+    assert_eq!(keys, 0);
+    env.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
     const EVENTS: u64 = 60_000;
     const RESETS: usize = 8;
