@@ -11,7 +11,8 @@
 //! | `dp.error.class` | the machine-readable class (`invalid_json`, `field_too_long`, `sink_rejected`, …) |
 //! | `dp.error.reason` | the human-readable reason |
 //! | `dp.error.code` / `dp.error.sqlstate` | MySQL's error number and SQLSTATE, when MySQL refused it |
-//! | `dp.failed.at` | when it was dead-lettered, milliseconds since the epoch |
+//! | `dp.failed.at` | when it was dead-lettered (its first and last failure), milliseconds since the epoch |
+//! | `dp.attempts` | `1` (`dlq replay` counts further attempts in the MySQL table only) |
 //!
 //! The producer waits for every in-sync replica (`acks=all`); the MySQL sink publishes before it
 //! commits the batch, so an entry is published at least once (a crash before the commit repeats
@@ -123,6 +124,8 @@ fn headers(entry: &DeadLetter, failed_at: i64) -> OwnedHeaders {
         ("dp.error.class", entry.error_class.clone()),
         ("dp.error.reason", entry.reason.clone()),
         ("dp.failed.at", failed_at.to_string()),
+        // Published once per failure: this is the first and the only attempt recorded.
+        ("dp.attempts", "1".to_owned()),
     ];
     if let Some(ts) = r.timestamp_ms {
         ours.push(("dp.original.timestamp", ts.to_string()));
@@ -209,5 +212,6 @@ mod tests {
         assert_eq!(get("dp.error.sqlstate"), Some(b"22001".to_vec()));
         assert_eq!(get("dp.error.class"), Some(b"sink_rejected".to_vec()));
         assert_eq!(get("dp.failed.at"), Some(b"7".to_vec()));
+        assert_eq!(get("dp.attempts"), Some(b"1".to_vec()));
     }
 }
