@@ -10,9 +10,14 @@
 //!
 //! then prints a table and writes `target/bench/e2e.json`. The tables it creates are dropped at
 //! the end; the topic stays.
+//!
+//! The pipeline runs as a process of its own (`delivery-pipeline run`, started by the benchmark
+//! with a settings file under `target/bench/`), so the CPU time and memory reported are the
+//! pipeline's alone, not the producer's or the other phases'. Progress is read from the
+//! pipeline's offset watermark (a few rows), not by counting the table.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -53,7 +58,7 @@ pub struct BenchReport {
     pub naive_rows_per_s: f64,
     /// Rows in the naive sample.
     pub naive_sample: u64,
-    /// End to end: rows/s from the first message consumed to the last batch committed.
+    /// End to end: rows/s from the first batch committed to the last.
     pub end_to_end_rows_per_s: f64,
     /// `end_to_end_rows_per_s / raw_ceiling_rows_per_s`.
     pub ratio_to_raw_ceiling: f64,
@@ -68,10 +73,13 @@ pub struct BenchReport {
     pub latency_ms_p99: f64,
     /// See `latency_ms_p50`.
     pub latency_ms_max: f64,
-    /// CPU seconds (user + system) of this process per 100,000 rows, during the pipeline run.
+    /// CPU seconds (user + system) of the pipeline process per 100,000 rows, its startup
+    /// included.
     pub cpu_seconds_per_100k: f64,
-    /// Highest resident set size of this process sampled during the pipeline run, MiB.
+    /// Highest resident set size of the pipeline process (`VmHWM`), MiB.
     pub peak_rss_mib: f64,
+    /// Resident set size of the pipeline process every 5 s from its first stored batch, MiB.
+    pub rss_mib_over_time: Vec<f64>,
     /// Redis `used_memory` growth per buffered message (10,000 of these events appended).
     pub redis_bytes_per_message: f64,
     /// MySQL statements (`Questions`) per 1000 messages during the pipeline run.
@@ -141,6 +149,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         latency_ms_max: latency.2,
         cpu_seconds_per_100k: e2e.cpu_seconds * 100_000.0 / opts.count as f64,
         peak_rss_mib: e2e.peak_rss_kib as f64 / 1024.0,
+        rss_mib_over_time: e2e.rss_mib_over_time,
         redis_bytes_per_message,
         mysql_statements_per_1000: per_1000(e2e.mysql_statements),
         redis_commands_per_1000: per_1000(e2e.redis_commands),
@@ -305,52 +314,158 @@ struct E2e {
     delivery: Duration,
     cpu_seconds: f64,
     peak_rss_kib: u64,
+    rss_mib_over_time: Vec<f64>,
     mysql_statements: u64,
     redis_commands: u64,
 }
 
+/// Runs the pipeline process over the backlog of `count` events until every one is stored.
 async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
     let mysql = mysql_pool(config)?;
     let mut conn = mysql.get_conn().await?;
     let redis = RedisBuffer::connect(&config.redis, &format!("{}-probe", config.instance_id)).await?;
-    let pipeline = dp_pipeline::build(config).await?;
-    let stats = pipeline.stats();
-    let peak_rss = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let peak_rss = Arc::clone(&peak_rss);
-        tokio::spawn(async move {
-            loop {
-                peak_rss.fetch_max(rss_kib(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
     let questions_before = questions(&mut conn).await?;
     let commands_before = commands_processed(redis.client()).await?;
-    let cpu_before = cpu_seconds();
+    let mut pipeline = PipelineProcess::spawn(config)?;
     let bar = bar(count);
-    let (watch, first) = crate::demo::watch_delivery(Arc::clone(&stats), count, bar.clone());
-    let summary = pipeline.run(watch).await?;
-    let delivery = first.lock().ok().and_then(|f| *f).map_or(summary.elapsed, |t| t.elapsed());
-    let cpu = cpu_seconds() - cpu_before;
+    let mut progress = Progress::new(config);
+    let mut first: Option<Instant> = None;
+    let mut rss_mib_over_time = Vec::new();
+    let mut next_sample = Instant::now();
+    loop {
+        let done = progress.delivered(&mut conn).await?;
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if first.is_some() && Instant::now() >= next_sample {
+            rss_mib_over_time.push(pipeline.rss_kib() as f64 / 1024.0);
+            next_sample = Instant::now() + Duration::from_secs(5);
+        }
+        bar.set_position(done);
+        if done >= count {
+            break;
+        }
+        pipeline.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivery = first.map_or(Duration::ZERO, |t| t.elapsed());
+    let (cpu_seconds, peak_rss_kib) = (pipeline.cpu_seconds(), pipeline.peak_rss_kib());
+    pipeline.stop()?;
     bar.finish_and_clear();
-    sampler.abort();
-    let mysql_statements = questions(&mut conn).await?.saturating_sub(questions_before);
-    let redis_commands = commands_processed(redis.client()).await?.saturating_sub(commands_before);
+    let mysql_statements =
+        questions(&mut conn).await?.saturating_sub(questions_before).saturating_sub(progress.queries + 1);
+    let redis_commands = commands_processed(redis.client()).await?.saturating_sub(commands_before + 1);
     let rows: u64 =
         conn.query_first(format!("SELECT COUNT(*) FROM `{}`", config.mysql.table)).await?.unwrap_or(0);
     drop(conn);
     mysql.disconnect().await?;
     redis.close().await?;
     anyhow::ensure!(rows == count, "the pipeline stored {rows} rows of {count}");
-    Ok(E2e {
-        rows,
-        delivery,
-        cpu_seconds: cpu,
-        peak_rss_kib: peak_rss.load(Ordering::Relaxed),
-        mysql_statements,
-        redis_commands,
-    })
+    Ok(E2e { rows, delivery, cpu_seconds, peak_rss_kib, rss_mib_over_time, mysql_statements, redis_commands })
+}
+
+/// Messages the pipeline has stored (or dead-lettered), from its offset watermark: the sum of
+/// the next offsets of the run's partitions (offsets start at 0 on a fresh topic).
+struct Progress {
+    sql: String,
+    /// Queries issued, to leave out of the statement count.
+    queries: u64,
+}
+
+impl Progress {
+    fn new(config: &Config) -> Self {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(next_offset), 0) AS UNSIGNED) FROM `{}` WHERE consumer_group = '{}'",
+            config.mysql.offsets_table, config.kafka.group_id
+        );
+        Self { sql, queries: 0 }
+    }
+
+    async fn delivered(&mut self, conn: &mut mysql_async::Conn) -> anyhow::Result<u64> {
+        self.queries += 1;
+        // The table appears once the pipeline started.
+        Ok(conn.query_first(&self.sql).await.ok().flatten().unwrap_or(0))
+    }
+}
+
+/// The pipeline under test as a `delivery-pipeline run` process of its own.
+struct PipelineProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl PipelineProcess {
+    /// Starts this executable's `run` with `config` as its settings file (HTTP endpoint off).
+    /// The URLs, which a settings file would show redacted, go in the environment instead; no
+    /// other `DP_` variable reaches the process.
+    fn spawn(config: &Config) -> anyhow::Result<Self> {
+        let dir = Path::new("target/bench");
+        std::fs::create_dir_all(dir).context("cannot create target/bench")?;
+        let mut c = config.clone();
+        c.http.enabled = false;
+        let file = dir.join(format!("{}.toml", c.instance_id));
+        std::fs::write(&file, toml::to_string(&c)?)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let log = dir.join(format!("{}.log", c.instance_id));
+        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.arg("--config").arg(&file).arg("run");
+        for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("DP_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env("DP_MYSQL__URL", c.mysql.url.expose())
+            .env("DP_REDIS__URL", c.redis.url.expose())
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd.spawn().context("cannot start the pipeline process")?;
+        Ok(Self { child, log })
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("the pipeline process exited early ({status}); its log: {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds_of(&self.proc_file("stat"))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        status_kib(&self.proc_file("status"), "VmRSS:")
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        status_kib(&self.proc_file("status"), "VmHWM:")
+    }
+
+    /// SIGTERM, then waits for the drain; the process must exit 0.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().context("kill -TERM")?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "the pipeline process exited with {status}; its log: {}",
+            self.log.display()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PipelineProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// p50, p99 and max of Kafka timestamp → `ingested_at`, in milliseconds, leaving out the
@@ -390,29 +505,21 @@ async fn drop_table(config: &Config, table: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident set size of this process, KiB (0 when /proc is not readable).
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-        })
+/// A `kB` line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), KiB; 0 when absent.
+fn status_kib(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
-/// User plus system CPU time of this process, seconds (Linux clock ticks of 1/100 s).
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses and may contain spaces.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0)
+/// User plus system CPU time from `/proc/<pid>/stat`, seconds (Linux clock ticks of 1/100 s).
+fn cpu_seconds_of(stat: &str) -> f64 {
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 impl std::fmt::Display for BenchReport {
@@ -439,8 +546,10 @@ impl std::fmt::Display for BenchReport {
             "| latency p50 / p99 / max (backlog: includes waiting in Kafka) | {:.0} / {:.0} / {:.0} ms |",
             self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max
         )?;
-        writeln!(f, "| CPU per 100k rows (whole process) | {:.2} s |", self.cpu_seconds_per_100k)?;
-        writeln!(f, "| peak RSS during the run | {:.0} MiB |", self.peak_rss_mib)?;
+        writeln!(f, "| CPU per 100k rows (pipeline process) | {:.2} s |", self.cpu_seconds_per_100k)?;
+        writeln!(f, "| peak RSS (pipeline process) | {:.0} MiB |", self.peak_rss_mib)?;
+        let over: Vec<String> = self.rss_mib_over_time.iter().map(|m| format!("{m:.0}")).collect();
+        writeln!(f, "| RSS every 5 s while delivering, MiB | {} |", over.join(" "))?;
         writeln!(f, "| Redis memory per buffered message | {:.0} bytes |", self.redis_bytes_per_message)?;
         writeln!(f, "| MySQL statements per 1000 messages | {:.1} |", self.mysql_statements_per_1000)?;
         write!(f, "| Redis commands per 1000 messages | {:.1} |", self.redis_commands_per_1000)
@@ -459,14 +568,18 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_a_size_and_cpu_time() {
-        assert!(rss_kib() > 0);
-        let spin = Instant::now();
-        let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(50) {
-            x = x.wrapping_add(1);
-        }
-        assert!(x > 0 && cpu_seconds() > 0.0);
+    fn proc_files_are_parsed_by_field() {
+        let status = "Name:\tdelivery-pipeline\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), 40_960);
+        assert_eq!(status_kib(status, "VmHWM:"), 51_200);
+        assert_eq!(status_kib(status, "VmSwap:"), 0);
+        // pid (comm with spaces) state ppid … utime stime: fields 14 and 15 of the line.
+        let stat = "42 (tokio worker 1) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0 1000";
+        assert!((cpu_seconds_of(stat) - 3.0).abs() < 1e-9);
+        assert_eq!(cpu_seconds_of("garbage"), 0.0);
+        // This process: readable, non-zero.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        assert!(status_kib(&own, "VmRSS:") > 0);
     }
 }
 
@@ -488,11 +601,11 @@ pub struct SteadyReport {
     pub latency_ms_max: f64,
     /// Time to fill one batch at the offered rate, plus one second: the p99 target.
     pub latency_target_ms: f64,
-    /// Resident set size of the process, MiB, sampled every 5 s.
+    /// Resident set size of the pipeline process, MiB, sampled every 5 s.
     pub rss_mib_over_time: Vec<f64>,
     /// Highest resident set size sampled, MiB.
     pub peak_rss_mib: f64,
-    /// CPU of the whole process (pipeline and producer), percent of one core.
+    /// CPU of the pipeline process while the load was offered, percent of one core.
     pub cpu_percent_of_one_core: f64,
 }
 
@@ -512,12 +625,11 @@ pub async fn steady(
     let count = rate * duration.as_secs().max(1);
     step(&format!("offering {rate} events/s for {duration:?} ({count} events) to {topic}"));
 
-    let pipeline = dp_pipeline::build(&pc).await?;
-    let stats = pipeline.stats();
-    let bar = bar(count + 1);
-    let (watch, _first) = crate::demo::watch_delivery(Arc::clone(&stats), count + 1, bar.clone());
-    let run = tokio::spawn(pipeline.run(watch));
-    // Offer load only once the consumer holds its partitions (it consumed a warm-up event), so
+    let mut pipeline = PipelineProcess::spawn(&pc)?;
+    let pool = mysql_pool(&pc)?;
+    let mut conn = pool.get_conn().await?;
+    let mut progress = Progress::new(&pc);
+    // Offer load only once the consumer holds its partitions (it stored a warm-up event), so
     // the latency measured is the pipeline's, not the group join's.
     let kafka = producer(&pc.kafka.brokers)?;
     let warm_up = ProduceOptions {
@@ -530,49 +642,63 @@ pub async fn steady(
     };
     produce(&kafka, &warm_up).await?;
     let joined = Instant::now();
-    while stats.snapshot().consumed == 0 {
-        anyhow::ensure!(
-            joined.elapsed() < Duration::from_secs(120),
-            "the pipeline consumed nothing in 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while progress.delivered(&mut conn).await? == 0 {
+        pipeline.ensure_running()?;
+        anyhow::ensure!(joined.elapsed() < Duration::from_secs(120), "the pipeline stored nothing in 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rss = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sampler = {
-        let rss = Arc::clone(&rss);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                if let Ok(mut v) = rss.lock() {
-                    v.push(rss_kib() as f64 / 1024.0);
-                }
-            }
-        })
-    };
-    let cpu_before = cpu_seconds();
+    let cpu_before = pipeline.cpu_seconds();
     let started = Instant::now();
-    let produced = produce(&kafka, &ProduceOptions { count, rate: Some(rate), ..warm_up }).await?;
-    run.await.context("pipeline task")??;
-    let cpu = cpu_seconds() - cpu_before;
-    let wall = started.elapsed();
-    sampler.abort();
+    let load = tokio::spawn({
+        let kafka = kafka.clone();
+        let opts = ProduceOptions { count, rate: Some(rate), ..warm_up };
+        async move { produce(&kafka, &opts).await }
+    });
+    let bar = bar(count + 1);
+    let mut rss_mib_over_time = Vec::new();
+    let mut next_sample = Instant::now();
+    let mut load_cpu: Option<(f64, Duration)> = None;
+    let mut last = (0, Instant::now());
+    loop {
+        let done = progress.delivered(&mut conn).await?;
+        bar.set_position(done);
+        if Instant::now() >= next_sample {
+            rss_mib_over_time.push(pipeline.rss_kib() as f64 / 1024.0);
+            next_sample += Duration::from_secs(5);
+        }
+        if load_cpu.is_none() && load.is_finished() {
+            // CPU over the offered load only: the idle wait for the last partial batch's flush
+            // interval is not load.
+            load_cpu = Some((pipeline.cpu_seconds() - cpu_before, started.elapsed()));
+        }
+        if done > count {
+            break;
+        }
+        if done > last.0 {
+            last = (done, Instant::now());
+        }
+        let limit = pc.buffer.flush_interval + Duration::from_secs(60);
+        anyhow::ensure!(
+            last.1.elapsed() < limit,
+            "no progress for {limit:?} at {done} of {} events",
+            count + 1
+        );
+        pipeline.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let produced = load.await.context("producer task")??;
+    let (cpu, wall) = load_cpu.unwrap_or_else(|| (pipeline.cpu_seconds() - cpu_before, started.elapsed()));
+    pipeline.stop()?;
     bar.finish_and_clear();
-    let rows = {
-        let pool = mysql_pool(&pc)?;
-        let mut conn = pool.get_conn().await?;
-        let rows: u64 =
-            conn.query_first(format!("SELECT COUNT(*) FROM `{}`", pc.mysql.table)).await?.unwrap_or(0);
-        drop(conn);
-        pool.disconnect().await?;
-        rows
-    };
+    let rows: u64 =
+        conn.query_first(format!("SELECT COUNT(*) FROM `{}`", pc.mysql.table)).await?.unwrap_or(0);
+    drop(conn);
+    pool.disconnect().await?;
     // The warm-up event waited for the group join, and once the load stops the last partial
     // batch waits for the flush interval: neither is steady state, so both are left out.
     let latency = latencies(&pc, 1, pc.buffer.max_rows).await?;
     drop_table(&config, &pc.mysql.table).await?;
     anyhow::ensure!(rows == produced.produced + 1, "stored {rows} rows of {}", produced.produced + 1);
-    let rss_mib_over_time = rss.lock().map(|v| v.clone()).unwrap_or_default();
     let fill_ms = pc.buffer.max_rows as f64 * 1000.0 / rate as f64;
     let report = SteadyReport {
         offered_per_s: rate,
@@ -601,9 +727,13 @@ impl std::fmt::Display for SteadyReport {
             "| latency p50 / p99 / max | {:.0} / {:.0} / {:.0} ms (target p99 ≤ {:.0} ms: batch fill time + 1 s) |",
             self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max, self.latency_target_ms
         )?;
-        writeln!(f, "| peak RSS (whole process) | {:.0} MiB |", self.peak_rss_mib)?;
+        writeln!(f, "| peak RSS (pipeline process) | {:.0} MiB |", self.peak_rss_mib)?;
         let over: Vec<String> = self.rss_mib_over_time.iter().map(|m| format!("{m:.0}")).collect();
         writeln!(f, "| RSS every 5 s, MiB | {} |", over.join(" "))?;
-        write!(f, "| CPU (pipeline and producer) | {:.1}% of one core |", self.cpu_percent_of_one_core)
+        write!(
+            f,
+            "| CPU (pipeline process, while loaded) | {:.1}% of one core |",
+            self.cpu_percent_of_one_core
+        )
     }
 }

@@ -13,8 +13,9 @@ use axum::routing::get;
 use dp_pipeline::Readiness;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Installs the global Prometheus recorder (histogram buckets sized for this pipeline) and
-/// describes every metric. Call once, before the pipeline runs.
+/// Installs the global Prometheus recorder (histogram buckets sized for this pipeline), starts
+/// its upkeep task, and describes every metric. Call once, inside the runtime, before the
+/// pipeline runs.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
     let rows = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 10000.0];
@@ -24,6 +25,16 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("metric buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // Histogram samples are only folded into their buckets by upkeep; without it they pile up
+    // (one per message for the latency histogram), whether or not anyone scrapes /metrics.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     dp_pipeline::metrics::describe();
     metrics::describe_gauge!("dp_build_info", "Always 1; the version label says which build runs.");
     metrics::gauge!("dp_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -46,15 +57,6 @@ pub async fn serve(
         .await
         .with_context(|| format!("http.address: cannot listen on {address}"))?;
     let local = listener.local_addr().context("http.address: no local address")?;
-    // Summaries and histograms are drained by upkeep; without it their memory grows.
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
