@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dp_benches::sample_record;
-use dp_core::{decode_record, encode_record_into};
+use dp_core::{decode_record, encode_record_into, encode_record_zstd};
 use dp_sink_mysql::mapping::Mapping;
 use dp_sink_mysql::sql;
 
@@ -23,6 +23,9 @@ fn codec(c: &mut Criterion) {
         })
     });
     g.bench_function("decode", |b| b.iter(|| decode_record(black_box(&encoded))));
+    let packed = encode_record_zstd(&record, 1);
+    g.bench_function("encode_zstd", |b| b.iter(|| encode_record_zstd(black_box(&record), 1)));
+    g.bench_function("decode_zstd", |b| b.iter(|| decode_record(black_box(&packed))));
     g.finish();
 }
 

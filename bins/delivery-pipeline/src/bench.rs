@@ -82,6 +82,10 @@ pub struct BenchReport {
     pub rss_mib_over_time: Vec<f64>,
     /// Redis `used_memory` growth per buffered message (10,000 of these events appended).
     pub redis_bytes_per_message: f64,
+    /// The same with `redis.compression = "zstd"`.
+    pub redis_bytes_per_message_zstd: f64,
+    /// The compression the pipeline run used.
+    pub redis_compression: dp_buffer_redis::Compression,
     /// MySQL statements (`Questions`) per 1000 messages during the pipeline run.
     pub mysql_statements_per_1000: f64,
     /// Redis commands per 1000 messages during the pipeline run.
@@ -122,7 +126,10 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
     let naive_rows_per_s = naive(&config, &naive_table, &topic, opts.naive_sample).await?;
     println!("    {naive_rows_per_s:.0} rows/s");
 
-    let redis_bytes_per_message = redis_bytes_per_message(&config, id, &topic).await?;
+    use dp_buffer_redis::Compression;
+    let redis_bytes_per_message_zstd =
+        redis_bytes_per_message(&config, id, &topic, Compression::Zstd).await?;
+    let redis_bytes_per_message = redis_bytes_per_message(&config, id, &topic, Compression::None).await?;
 
     step("4/4 the pipeline, from the backlog until every event is stored");
     let pc = scratch_config(&config, &topic, &format!("bench_e2e_{id}"));
@@ -151,6 +158,8 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         peak_rss_mib: e2e.peak_rss_kib as f64 / 1024.0,
         rss_mib_over_time: e2e.rss_mib_over_time,
         redis_bytes_per_message,
+        redis_bytes_per_message_zstd,
+        redis_compression: config.redis.compression,
         mysql_statements_per_1000: per_1000(e2e.mysql_statements),
         redis_commands_per_1000: per_1000(e2e.redis_commands),
     };
@@ -279,9 +288,15 @@ async fn naive(config: &Config, table: &str, topic: &str, sample: u64) -> anyhow
 }
 
 /// Appends 10,000 records to a Redis buffer of its own and reads `used_memory` around it.
-async fn redis_bytes_per_message(config: &Config, id: &str, topic: &str) -> anyhow::Result<f64> {
+async fn redis_bytes_per_message(
+    config: &Config,
+    id: &str,
+    topic: &str,
+    compression: dp_buffer_redis::Compression,
+) -> anyhow::Result<f64> {
     const N: u64 = 10_000;
-    let buffer = RedisBuffer::connect(&config.redis, &format!("bench-mem-{id}")).await?;
+    let redis = dp_buffer_redis::RedisBufferConfig { compression, ..config.redis.clone() };
+    let buffer = RedisBuffer::connect(&redis, &format!("bench-mem-{id}")).await?;
     let before = used_memory(buffer.client()).await?;
     let topic: Arc<str> = Arc::from(topic);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -550,7 +565,12 @@ impl std::fmt::Display for BenchReport {
         writeln!(f, "| peak RSS (pipeline process) | {:.0} MiB |", self.peak_rss_mib)?;
         let over: Vec<String> = self.rss_mib_over_time.iter().map(|m| format!("{m:.0}")).collect();
         writeln!(f, "| RSS every 5 s while delivering, MiB | {} |", over.join(" "))?;
-        writeln!(f, "| Redis memory per buffered message | {:.0} bytes |", self.redis_bytes_per_message)?;
+        writeln!(
+            f,
+            "| Redis memory per buffered message | {:.0} bytes (zstd: {:.0} bytes) |",
+            self.redis_bytes_per_message, self.redis_bytes_per_message_zstd
+        )?;
+        writeln!(f, "| Redis compression of the pipeline run | {:?} |", self.redis_compression)?;
         writeln!(f, "| MySQL statements per 1000 messages | {:.1} |", self.mysql_statements_per_1000)?;
         write!(f, "| Redis commands per 1000 messages | {:.1} |", self.redis_commands_per_1000)
     }

@@ -24,7 +24,11 @@ pub mod secret;
 pub mod traits;
 
 pub use accumulator::{Accumulator, Batch, FlushTrigger};
-pub use codec::{CodecError, FORMAT_VERSION, decode_record, encode_record, encode_record_into};
+#[cfg(feature = "zstd")]
+pub use codec::encode_record_zstd;
+pub use codec::{
+    CodecError, FORMAT_VERSION, FORMAT_VERSION_ZSTD, decode_record, encode_record, encode_record_into,
+};
 pub use error::{BufferError, ErrorKind, SinkError, SourceError};
 pub use offsets::OffsetTracker;
 pub use record::{Coordinates, Header, Record};
