@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: the builder compiles the release binary (librdkafka is built from source by
-# rdkafka-sys, hence make/gcc/zlib); the runtime image holds the binary, CA certificates and an
+# rdkafka-sys, jemalloc and zstd too, hence make/gcc/zlib); the runtime image holds the binary, CA certificates and an
 # example config, and runs as an unprivileged user.
 #
 #   docker build -t delivery-pipeline .
