@@ -18,6 +18,39 @@ async fn rows_and_distinct(env: &TestEnv) -> (u64, u64) {
         .expect("one row")
 }
 
+/// What an instance stored once an outage is over.
+struct Outcome {
+    produced: std::collections::BTreeSet<String>,
+    rows: u64,
+    distinct: u64,
+    keys: usize,
+}
+
+/// After an outage: waits until every one of `events` is stored, checks consumption resumed,
+/// stops the instance with SIGTERM (it must exit 0) and counts what is stored and left in Redis.
+async fn finish(
+    env: &TestEnv,
+    child: &mut std::process::Child,
+    load: tokio::task::JoinHandle<Vec<String>>,
+    events: u64,
+) -> Outcome {
+    let produced = as_set(load.await.expect("load"));
+    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= events })
+        .await;
+    assert!(log_count(&env.log_path(), "kafka partitions resumed") >= 1, "consumption resumed");
+    let status = sigterm(child, Duration::from_secs(25));
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let (rows, distinct) = rows_and_distinct(env).await;
+    Outcome { produced, rows, distinct, keys: env.redis_keys().await }
+}
+
+/// Every produced event stored exactly once, nothing left in Redis.
+async fn assert_each_stored_once(env: &TestEnv, o: &Outcome, events: u64) {
+    assert_eq!((o.rows, o.distinct), (events, events), "no loss, no duplicate");
+    assert_eq!(as_set(env.event_ids().await), o.produced);
+    assert_eq!(o.keys, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limit_then_catches_up() {
     const EVENTS: u64 = 30_000;
@@ -73,23 +106,17 @@ async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limi
     wait_for("rows again", Duration::from_secs(60), || async { env.row_count().await > rows_at_restore })
         .await;
     let recovered = restored_at.elapsed();
-    let produced = as_set(load.await.expect("load"));
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
-        .await;
-    assert!(log_count(&log, "kafka partitions resumed") >= 1, "consumption resumed");
-    let status = sigterm(&mut child, Duration::from_secs(25));
-    assert!(status.success(), "clean exit on SIGTERM, got {status}");
-    let (rows, distinct) = rows_and_distinct(&env).await;
-    let keys = env.redis_keys().await;
+    let o = finish(&env, &mut child, load, EVENTS).await;
     eprintln!(
-        "mysql outage {OUTAGE:?}: rows at cut {rows_at_cut}, at restore {rows_at_restore}, max redis keys during the outage {max_keys}; first rows {recovered:?} after restore (max backoff {MAX_BACKOFF:?}); produced {}, rows {rows}, distinct {distinct}, redis keys {keys}",
-        produced.len()
+        "mysql outage {OUTAGE:?}: rows at cut {rows_at_cut}, at restore {rows_at_restore}, max redis keys during the outage {max_keys}; first rows {recovered:?} after restore (max backoff {MAX_BACKOFF:?}); produced {}, rows {}, distinct {}, redis keys {}",
+        o.produced.len(),
+        o.rows,
+        o.distinct,
+        o.keys
     );
     // Retries back off up to MAX_BACKOFF (with full jitter), then one flush interval; 5 s of slack.
     assert!(recovered <= MAX_BACKOFF + Duration::from_secs(5), "throughput back within one backoff period");
-    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
-    assert_eq!(as_set(env.event_ids().await), produced);
-    assert_eq!(keys, 0);
+    assert_each_stored_once(&env, &o, EVENTS).await;
     env.drop_tables().await;
 }
 
@@ -136,21 +163,15 @@ async fn mysql_and_redis_down_together_pause_consumption_and_lose_nothing() {
     })
     .await;
     redis.restore();
-    let produced = as_set(load.await.expect("load"));
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
-        .await;
-    assert!(log_count(&log, "kafka partitions resumed") >= 1, "consumption resumed");
-    let status = sigterm(&mut child, Duration::from_secs(25));
-    assert!(status.success(), "clean exit on SIGTERM, got {status}");
-    let (rows, distinct) = rows_and_distinct(&env).await;
-    let keys = env.redis_keys().await;
+    let o = finish(&env, &mut child, load, EVENTS).await;
     eprintln!(
-        "mysql and redis down: rows at the redis cut {rows_at_cut}, redis keys then {keys_at_cut}; produced {}, rows {rows}, distinct {distinct}, redis keys left {keys}",
-        produced.len()
+        "mysql and redis down: rows at the redis cut {rows_at_cut}, redis keys then {keys_at_cut}; produced {}, rows {}, distinct {}, redis keys left {}",
+        o.produced.len(),
+        o.rows,
+        o.distinct,
+        o.keys
     );
-    assert_eq!((rows, distinct), (EVENTS, EVENTS), "no loss, no duplicate");
-    assert_eq!(as_set(env.event_ids().await), produced);
-    assert_eq!(keys, 0);
+    assert_each_stored_once(&env, &o, EVENTS).await;
     env.drop_tables().await;
 }
 

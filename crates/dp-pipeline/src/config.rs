@@ -223,10 +223,7 @@ impl Config {
         if self.dead_letter.kafka {
             for topic in &self.kafka.topics {
                 let dlq = dp_source_kafka::dead_letter_topic(&self.dead_letter.kafka_topic, topic);
-                let valid = !dlq.is_empty()
-                    && dlq.len() <= 249
-                    && dlq.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-                if !valid {
+                if !dp_source_kafka::is_topic_name(&dlq) {
                     return Err(format!(
                         "dead_letter.kafka_topic: `{dlq}` (for topic {topic}) is not a valid topic name (1-249 of [a-zA-Z0-9._-]; `{{topic}}` stands for the source topic)"
                     ));

@@ -261,16 +261,12 @@ async fn a_record_that_cannot_be_dead_lettered_stops_the_pipeline_without_acknow
     assert_eq!(buffer.map.lock().expect("lock").len(), 4, "the write-ahead copies stay for the next start");
 }
 
-#[tokio::test]
-async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit_then_drain_in_order() {
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    let source = VecSource::with(500);
-    let buffer = Arc::new(MemBuffer::default());
-    let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
-    let p = Pipeline::new(
+/// Batches of 10, at most 100 records held: 10 being written, 10 collected, 80 spilled.
+fn spilling_pipeline(source: &VecSource, buffer: &Arc<MemBuffer>, sink: &Arc<MemSink>) -> Pipeline {
+    Pipeline::new(
         Box::new(source.clone()),
-        Arc::clone(&buffer) as Arc<dyn Buffer>,
-        Arc::clone(&sink) as Arc<dyn Sink>,
+        Arc::clone(buffer) as Arc<dyn Buffer>,
+        Arc::clone(sink) as Arc<dyn Sink>,
         BufferConfig {
             max_rows: 10,
             flush_interval: Duration::from_secs(3600),
@@ -279,7 +275,16 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
         },
         retry(),
         Duration::from_secs(5),
-    );
+    )
+}
+
+#[tokio::test]
+async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit_then_drain_in_order() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let source = VecSource::with(500);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
+    let p = spilling_pipeline(&source, &buffer, &sink);
     let (peak_spilled, consumed_at_limit) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (peak, at_limit, s2) = (Arc::clone(&peak_spilled), Arc::clone(&consumed_at_limit), Arc::clone(&sink));
     let summary = run_until(p, move |s| {
@@ -317,19 +322,7 @@ async fn spilled_records_missing_from_the_buffer_stop_the_pipeline_before_anythi
     let source = VecSource::with(60);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
-    let p = Pipeline::new(
-        Box::new(source.clone()),
-        Arc::clone(&buffer) as Arc<dyn Buffer>,
-        Arc::clone(&sink) as Arc<dyn Sink>,
-        BufferConfig {
-            max_rows: 10,
-            flush_interval: Duration::from_secs(3600),
-            max_buffered_rows: 100,
-            ..BufferConfig::default()
-        },
-        retry(),
-        Duration::from_secs(5),
-    );
+    let p = spilling_pipeline(&source, &buffer, &sink);
     let (b2, s2) = (Arc::clone(&buffer), Arc::clone(&sink));
     let err = run_until(p, move |s| {
         if s.spilled >= 20 && s2.down.load(Ordering::Relaxed) {

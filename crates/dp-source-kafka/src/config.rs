@@ -75,10 +75,7 @@ impl KafkaSourceConfig {
             return Err("kafka.topics: at least one topic is required".into());
         }
         for t in &self.topics {
-            let ok = !t.is_empty()
-                && t.len() <= 249
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-            if !ok {
+            if !is_topic_name(t) {
                 return Err(format!(
                     "kafka.topics: `{t}` is not a valid topic name (1-249 of [a-zA-Z0-9._-])"
                 ));
@@ -138,6 +135,13 @@ impl KafkaSourceConfig {
         }
         c
     }
+}
+
+/// Whether `name` is a valid Kafka topic name: 1-249 of `[a-zA-Z0-9._-]`.
+pub fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Accepts a list, or a comma-separated string (as environment variables give).

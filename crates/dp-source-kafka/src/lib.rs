@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use poller::{Event, PollerContext, Shared};
 
-pub use config::{KafkaSourceConfig, string_or_list};
+pub use config::{KafkaSourceConfig, is_topic_name, string_or_list};
 pub use dead_letters::{KafkaDeadLetters, dead_letter_topic};
 
 /// Errors of the Kafka source.
