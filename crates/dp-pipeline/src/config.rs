@@ -156,8 +156,9 @@ pub struct BufferConfig {
     /// While the sink is failing, the most records this instance holds, in memory and in the
     /// write-ahead buffer together. Beyond the two batches memory holds, full batches are kept
     /// in the buffer only (*spilled*) and read back once the sink recovers; at this limit the
-    /// Kafka partitions are paused. `2 × max_rows` turns spilling off.
-    pub max_buffered_rows: usize,
+    /// Kafka partitions are paused. `2 × max_rows` turns spilling off. Unset: the larger of
+    /// 100,000 and `2 × max_rows` ([`BufferConfig::max_buffered_rows`]).
+    pub max_buffered_rows: Option<usize>,
     /// The same limit in payload bytes (`"256 MiB"`, or a number of bytes).
     pub max_buffered_bytes: ByteSize,
 }
@@ -167,9 +168,17 @@ impl Default for BufferConfig {
         Self {
             max_rows: 1000,
             flush_interval: Duration::from_secs(30),
-            max_buffered_rows: 100_000,
+            max_buffered_rows: None,
             max_buffered_bytes: ByteSize::mib(256),
         }
+    }
+}
+
+impl BufferConfig {
+    /// The limit on records held while the sink fails: `max_buffered_rows` when set, else the
+    /// larger of 100,000 and `2 × max_rows`.
+    pub fn max_buffered_rows(&self) -> usize {
+        self.max_buffered_rows.unwrap_or_else(|| (2 * self.max_rows).max(100_000))
     }
 }
 
@@ -246,7 +255,7 @@ impl Config {
         if self.buffer.flush_interval.is_zero() {
             return Err("buffer.flush_interval: must be greater than zero, e.g. \"30s\"".into());
         }
-        if self.buffer.max_buffered_rows < 2 * self.buffer.max_rows {
+        if self.buffer.max_buffered_rows() < 2 * self.buffer.max_rows {
             return Err(format!(
                 "buffer.max_buffered_rows: must be at least 2 × buffer.max_rows = {} (that value turns holding batches in Redis only off)",
                 2 * self.buffer.max_rows
@@ -294,6 +303,17 @@ mod tests {
         assert_eq!(c.buffer.max_rows, 1000);
         assert_eq!(c.buffer.flush_interval, Duration::from_secs(30));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(c.buffer.max_buffered_rows(), 100_000);
+    }
+
+    #[test]
+    fn the_outage_limit_follows_a_large_batch_size_unless_set() {
+        let mut c = valid();
+        c.buffer.max_rows = 100_000;
+        c.validate().expect("the largest batch size is valid on its own");
+        assert_eq!(c.buffer.max_buffered_rows(), 200_000);
+        c.buffer.max_buffered_rows = Some(150_000);
+        assert!(c.validate().expect_err("below two batches").starts_with("buffer.max_buffered_rows"));
     }
 
     #[test]
@@ -319,7 +339,7 @@ mod tests {
                     c.dead_letter.kafka_topic = "dlq for {topic}".into();
                 }),
             ),
-            ("buffer.max_buffered_rows", Box::new(|c| c.buffer.max_buffered_rows = 1_999)),
+            ("buffer.max_buffered_rows", Box::new(|c| c.buffer.max_buffered_rows = Some(1_999))),
             ("buffer.max_buffered_bytes", Box::new(|c| c.buffer.max_buffered_bytes = ByteSize::b(0))),
             ("retry.multiplier", Box::new(|c| c.retry.multiplier = 0.5)),
             ("retry.initial_backoff", Box::new(|c| c.retry.initial_backoff = Duration::ZERO)),

@@ -270,7 +270,7 @@ fn spilling_pipeline(source: &VecSource, buffer: &Arc<MemBuffer>, sink: &Arc<Mem
         BufferConfig {
             max_rows: 10,
             flush_interval: Duration::from_secs(3600),
-            max_buffered_rows: 100,
+            max_buffered_rows: Some(100),
             ..BufferConfig::default()
         },
         retry(),

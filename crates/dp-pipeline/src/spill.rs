@@ -48,9 +48,9 @@ impl Spill {
     /// No spilling at all when the buffer cannot read records back.
     pub(crate) fn new(config: &BufferConfig, can_fetch: bool) -> Self {
         Self {
-            enabled: can_fetch && config.max_buffered_rows > 2 * config.max_rows,
+            enabled: can_fetch && config.max_buffered_rows() > 2 * config.max_rows,
             batch_rows: config.max_rows,
-            max_rows: config.max_buffered_rows,
+            max_rows: config.max_buffered_rows(),
             max_bytes: config.max_buffered_bytes.as_u64(),
             queue: VecDeque::new(),
             rows: 0,
@@ -134,7 +134,7 @@ mod tests {
         BufferConfig {
             max_rows: batch,
             flush_interval: Duration::from_secs(30),
-            max_buffered_rows: max,
+            max_buffered_rows: Some(max),
             max_buffered_bytes: ByteSize::mib(1),
         }
     }
