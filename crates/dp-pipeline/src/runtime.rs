@@ -204,9 +204,10 @@ impl Pipeline {
             let flying = in_flight.as_ref().map_or(Held::default(), |f| f.1);
             let failing = stats.sink_failing.load(Ordering::Relaxed) > 0;
             spill.offer(&mut acc, (flying.records, flying.bytes), failing);
-            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying.in_memory);
+            let (flying_records, flying_bytes) = flying.in_memory();
+            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying_records);
             PipelineStats::set(&stats.spilled, m::SPILLED, spill.rows());
-            m::set(m::BUFFERED_BYTES, acc.bytes() + flying.bytes);
+            m::set(m::BUFFERED_BYTES, acc.bytes() + flying_bytes);
             m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys + spill.rows());
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
             // While a batch is retried and memory is full, look again now and then whether the
@@ -401,13 +402,20 @@ async fn adopt(deliverer: &Arc<Deliverer>, orphan: dp_core::Orphan, max_rows: us
 const SPILL_CHECK: Duration = Duration::from_millis(250);
 
 /// What a batch being written holds: records, their write-ahead keys, approximate bytes, and
-/// how many of its records are in memory (none while a spilled batch is read back).
+/// whether it is a spilled batch being read back (then none of it is in memory yet).
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
     records: usize,
     keys: usize,
     bytes: usize,
-    in_memory: usize,
+    spilled: bool,
+}
+
+impl Held {
+    /// Records and bytes of this batch held in memory.
+    fn in_memory(&self) -> (usize, usize) {
+        if self.spilled { (0, 0) } else { (self.records, self.bytes) }
+    }
 }
 
 fn start(
@@ -417,8 +425,7 @@ fn start(
 ) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
     let bytes = acc.bytes();
     let batch = acc.take();
-    let records = batch.records.len();
-    let held = Held { records, keys: batch.keys.len(), bytes, in_memory: records };
+    let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes, spilled: false };
     (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), held)
 }
 
@@ -427,7 +434,7 @@ fn start_spilled(
     spilled: Spilled,
 ) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
     let n = spilled.keys.len();
-    let held = Held { records: n, keys: n, bytes: spilled.bytes, in_memory: 0 };
+    let held = Held { records: n, keys: n, bytes: spilled.bytes, spilled: true };
     (tokio::spawn(Arc::clone(deliverer).deliver_spilled(spilled.keys)), held)
 }
 
