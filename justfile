@@ -13,6 +13,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo deny check licenses bans sources
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 # What CI runs, from this checkout.
 ci:

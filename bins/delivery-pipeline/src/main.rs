@@ -253,7 +253,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { dry_run: true } => {
-            for ddl in config.mysql.ddl() {
+            for ddl in config.mysql.ddl().map_err(anyhow::Error::msg)? {
                 println!("{ddl};\n");
             }
             Ok(ExitCode::SUCCESS)
@@ -262,7 +262,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let mut mysql = config.mysql.clone();
             mysql.create_table = true;
             let sink = MysqlSink::connect(&mysql).await?;
-            println!("tables `{}` and `{}` are ready", sink.table(), sink.dead_letter_table());
+            println!(
+                "tables {} and `{}` are ready",
+                sink.tables().iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+                sink.dead_letter_table()
+            );
             sink.close().await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -94,6 +94,45 @@ fn migrate_dry_run_prints_the_ddl() {
 }
 
 #[test]
+fn migrate_dry_run_prints_the_ddl_of_declared_columns_and_routes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"
+        [kafka]
+        topics = ["events", "status"]
+        [[mysql.routes]]
+        topic = "status"
+        table = "shipment_status"
+        columns = [
+          { name = "tracking_id", pointer = "/tracking_id", type = "string", max_length = 64, required = true },
+          { name = "status", pointer = "/status", type = "string", max_length = 32 },
+          { name = "event_time", pointer = "/event_time", type = "timestamp", format = "unix_millis" },
+          { name = "paid", pointer = "/payment/paid", type = "boolean", default = false },
+        ]
+        write = { mode = "upsert", key = ["tracking_id"], guard = "event_time" }
+        "#,
+    )
+    .expect("write config");
+    let path = file.to_string_lossy().into_owned();
+    let o = run(&["--config", &path, "migrate", "--dry-run"], &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for part in [
+        "CREATE TABLE IF NOT EXISTS `delivery_events`",
+        "CREATE TABLE IF NOT EXISTS `shipment_status` (\n  `tracking_id` VARCHAR(64) NOT NULL,\n  `status` VARCHAR(32) NULL,\n  \
+         `event_time` DATETIME(3) NULL,\n  `paid` BOOLEAN NOT NULL,\n  PRIMARY KEY (`tracking_id`)\n)",
+    ] {
+        assert!(out.contains(part), "{part}\nmissing from\n{out}");
+    }
+    // A route to a topic the group does not read is refused before anything runs.
+    let o = run(&["--config", &path, "migrate", "--dry-run"], &[("DP_KAFKA__TOPICS", "events")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("mysql.routes[0].topic: `status` is not one of kafka.topics"), "{}", text(&o));
+}
+
+#[test]
 fn check_config_redacts_passwords_and_reports_unreachable_services() {
     let o = run(
         &["check-config"],

@@ -130,6 +130,13 @@ impl SinkError {
         self
     }
 
+    /// Attaches the store's SQLSTATE alone, for stores without numeric error codes
+    /// (PostgreSQL).
+    pub fn with_sqlstate(mut self, sqlstate: impl Into<String>) -> Self {
+        self.sqlstate = Some(sqlstate.into());
+        self
+    }
+
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());

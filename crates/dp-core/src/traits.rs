@@ -146,7 +146,10 @@ pub struct Orphan {
 pub struct BatchOutcome {
     /// Records written as new rows.
     pub inserted: usize,
-    /// Records that were already stored (redelivery, restore, a producer duplicate).
+    /// Records that replaced an existing row's values (an upsert that won).
+    pub updated: usize,
+    /// Records that changed nothing: already stored (redelivery, restore, a producer
+    /// duplicate), or an upsert that lost to a newer row or to a later record of its batch.
     pub duplicates: usize,
     /// Records the sink refused and put in its dead-letter destination.
     pub dead_lettered: usize,
@@ -155,6 +158,7 @@ pub struct BatchOutcome {
 impl std::ops::AddAssign for BatchOutcome {
     fn add_assign(&mut self, o: Self) {
         self.inserted += o.inserted;
+        self.updated += o.updated;
         self.duplicates += o.duplicates;
         self.dead_lettered += o.dead_lettered;
     }
@@ -163,7 +167,7 @@ impl std::ops::AddAssign for BatchOutcome {
 impl BatchOutcome {
     /// Every record accounted for.
     pub fn total(&self) -> usize {
-        self.inserted + self.duplicates + self.dead_lettered
+        self.inserted + self.updated + self.duplicates + self.dead_lettered
     }
 }
 

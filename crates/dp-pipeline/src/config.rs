@@ -246,6 +246,14 @@ impl Config {
         }
         self.redis.validate()?;
         self.mysql.validate()?;
+        for (i, route) in self.mysql.routes.iter().enumerate() {
+            if !self.kafka.topics.contains(&route.topic) {
+                return Err(format!(
+                    "mysql.routes[{i}].topic: `{}` is not one of kafka.topics {:?}; add it there, or remove the route",
+                    route.topic, self.kafka.topics
+                ));
+            }
+        }
         if self.buffer.max_rows == 0 {
             return Err("buffer.max_rows: must be at least 1".into());
         }
@@ -347,6 +355,18 @@ mod tests {
             ("mysql.table", Box::new(|c| c.mysql.table = "x`; DROP".into())),
             ("kafka.topics", Box::new(|c| c.kafka.topics.clear())),
             ("redis.url", Box::new(|c| c.redis.url = dp_core::SecretUrl::new("nope"))),
+            (
+                "mysql.routes[0].topic",
+                Box::new(|c| {
+                    c.mysql.routes = vec![dp_sink_mysql::RouteConfig {
+                        topic: "not-consumed".into(),
+                        table: "other".into(),
+                        columns: Vec::new(),
+                        write: Default::default(),
+                    }]
+                }),
+            ),
+            ("mysql.write", Box::new(|c| c.mysql.write.mode = dp_sink_mysql::columns::WriteMode::Upsert)),
         ];
         for (key, mutate) in cases {
             let mut c = valid();

@@ -12,6 +12,8 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 pub const CONSUMED: &str = "dp_messages_consumed_total";
 /// Rows newly written.
 pub const INSERTED: &str = "dp_rows_inserted_total";
+/// Rows updated by an upsert that won (`write.mode = "upsert"`).
+pub const UPDATED: &str = "dp_rows_updated_total";
 /// Messages found already stored (redelivery, restore, producer duplicate).
 pub const DUPLICATES: &str = "dp_rows_duplicate_total";
 /// Messages dead-lettered by the runtime after the sink refused them (`class="sink_rejected"`);
@@ -57,6 +59,7 @@ pub const ADOPTED: &str = "dp_adopted_messages_total";
 pub fn describe() {
     describe_counter!(CONSUMED, Unit::Count, "Messages received from Kafka, by topic and partition.");
     describe_counter!(INSERTED, Unit::Count, "Rows newly written to MySQL.");
+    describe_counter!(UPDATED, Unit::Count, "Existing rows updated by an upsert that won.");
     describe_counter!(
         DUPLICATES,
         Unit::Count,

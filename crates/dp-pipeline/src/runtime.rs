@@ -445,6 +445,7 @@ fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Deliver
         trigger = trigger.as_str(),
         rows = batch.records.len(),
         inserted = outcome.inserted,
+        updated = outcome.updated,
         duplicates = outcome.duplicates,
         dead_lettered = outcome.dead_lettered,
         elapsed_ms = elapsed.as_millis() as u64,
@@ -508,6 +509,7 @@ impl Deliverer {
         let started = Instant::now();
         let outcome = self.write(&batch.records).await?;
         PipelineStats::add(&self.stats.inserted, m::INSERTED, outcome.inserted);
+        PipelineStats::add(&self.stats.updated, m::UPDATED, outcome.updated);
         PipelineStats::add(&self.stats.duplicates, m::DUPLICATES, outcome.duplicates);
         PipelineStats::bump(&self.stats.dead_lettered, outcome.dead_lettered);
         PipelineStats::bump(&self.stats.batches, 1);

@@ -125,7 +125,7 @@ impl Sink for MemSink {
         let inserted =
             records.iter().filter(|r| rows.insert(r.offset)).inspect(|r| order.push(r.offset)).count();
         self.batches.lock().expect("lock").push(records.len());
-        Ok(BatchOutcome { inserted, duplicates: records.len() - inserted, dead_lettered: 0 })
+        Ok(BatchOutcome { inserted, duplicates: records.len() - inserted, ..BatchOutcome::default() })
     }
     async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
         if self.no_dead_letter {

@@ -9,6 +9,8 @@ pub struct PipelineStats {
     pub consumed: AtomicU64,
     /// Rows newly written by the sink.
     pub inserted: AtomicU64,
+    /// Existing rows updated by the sink (upserts that won).
+    pub updated: AtomicU64,
     /// Records the sink found already stored.
     pub duplicates: AtomicU64,
     /// Records dead-lettered.
@@ -44,6 +46,8 @@ pub struct StatsSnapshot {
     pub consumed: u64,
     /// See [`PipelineStats::inserted`].
     pub inserted: u64,
+    /// See [`PipelineStats::updated`].
+    pub updated: u64,
     /// See [`PipelineStats::duplicates`].
     pub duplicates: u64,
     /// See [`PipelineStats::dead_lettered`].
@@ -74,6 +78,7 @@ impl PipelineStats {
         StatsSnapshot {
             consumed: self.consumed.load(Relaxed),
             inserted: self.inserted.load(Relaxed),
+            updated: self.updated.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             batches: self.batches.load(Relaxed),
@@ -107,8 +112,8 @@ impl PipelineStats {
 }
 
 impl StatsSnapshot {
-    /// Records accounted for by the sink: stored, already present, or dead-lettered.
+    /// Records accounted for by the sink: stored, updated, already present, or dead-lettered.
     pub fn delivered(&self) -> u64 {
-        self.inserted + self.duplicates + self.dead_lettered
+        self.inserted + self.updated + self.duplicates + self.dead_lettered
     }
 }

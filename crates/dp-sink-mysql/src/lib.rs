@@ -12,6 +12,8 @@
 //! permanent; everything else — lost connections, deadlocks, lock waits, too many connections,
 //! read-only fail-overs, even a missing table — is transient and retried, never dead-lettered.
 
+pub mod columns;
+mod live;
 pub mod mapping;
 pub mod sql;
 
@@ -24,10 +26,12 @@ use dp_core::{
     BatchOutcome, DeadLetter, DeadLetterPublisher, Record, SecretUrl, Sink, SinkError, Watermarks,
     encode_record,
 };
+pub use mysql_async;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::columns::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
 use crate::mapping::{DateTimeParts, Mapping, Row};
 
 /// Settings of the MySQL sink (`[mysql]` in the config file, `DP_MYSQL__*` in the environment).
@@ -54,6 +58,65 @@ pub struct MysqlSinkConfig {
     /// How long to wait for a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The columns of `table`, declared (`[[mysql.columns]]`): where each value is in the
+    /// record and its type. Empty: the built-in delivery-event columns (`event_id`,
+    /// `tracking_id`, `status`, `event_time`, `payload` and the Kafka coordinates).
+    pub columns: Vec<ColumnConfig>,
+    /// How rows are written to `table` (`[mysql.write]`): `insert` or `upsert` on a key, with
+    /// an optional monotonic guard. Upserts need declared `columns`.
+    pub write: WriteConfig,
+    /// Topics written to tables of their own (`[[mysql.routes]]`), each with its columns and
+    /// write mode; topics without a route go to `table`.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One topic written to its own table (`[[mysql.routes]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The Kafka topic (one of `kafka.topics`).
+    pub topic: String,
+    /// The table its records go to.
+    pub table: String,
+    /// The table's declared columns; empty: the built-in delivery-event columns.
+    #[serde(default)]
+    pub columns: Vec<ColumnConfig>,
+    /// How rows are written to the table.
+    #[serde(default)]
+    pub write: WriteConfig,
+}
+
+/// How one table's rows are made and written, checked.
+#[derive(Debug, Clone)]
+pub enum TableShape {
+    /// The built-in delivery-event columns, inserted idempotently on `event_id`.
+    Builtin,
+    /// Declared columns, with their write mode.
+    Columns(ColumnMapping),
+}
+
+/// One destination table: its name, its shape, and the topic routed to it (`None` for the
+/// default table, `mysql.table`).
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Settings path, for messages (`mysql`, `mysql.routes[0]`).
+    pub at: String,
+    /// Routed topic; `None` for the default table.
+    pub topic: Option<String>,
+    /// The table.
+    pub table: String,
+    /// Its columns and write mode.
+    pub shape: TableShape,
+}
+
+impl TableSpec {
+    /// `CREATE TABLE IF NOT EXISTS` for this table.
+    pub fn create_table(&self) -> String {
+        match &self.shape {
+            TableShape::Builtin => sql::create_table(&self.table),
+            TableShape::Columns(m) => m.create_table(&self.table),
+        }
+    }
 }
 
 impl Default for MysqlSinkConfig {
@@ -68,6 +131,9 @@ impl Default for MysqlSinkConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             max_connections: 4,
             connect_timeout: Duration::from_secs(10),
+            columns: Vec::new(),
+            write: WriteConfig::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -115,16 +181,77 @@ impl MysqlSinkConfig {
         if self.connect_timeout.is_zero() {
             return Err("mysql.connect_timeout: must be greater than zero".into());
         }
-        Ok(())
+        self.tables().map(|_| ())
     }
 
-    /// The statements `migrate` runs.
-    pub fn ddl(&self) -> Vec<String> {
-        vec![
-            sql::create_table(&self.table),
-            sql::create_dead_letter_table(&self.dead_letter_table()),
-            sql::create_offsets_table(&self.offsets_table),
-        ]
+    /// The destination tables, default first, with their mappings checked.
+    pub fn tables(&self) -> Result<Vec<TableSpec>, String> {
+        let shape = |at: &str, columns: &[ColumnConfig], write: &WriteConfig| -> Result<TableShape, String> {
+            if !columns.is_empty() {
+                return ColumnMapping::compile(at, columns, write, self.max_payload_bytes)
+                    .map(TableShape::Columns);
+            }
+            if write.mode == WriteMode::Upsert || write.guard.is_some() {
+                return Err(format!(
+                    "{at}.write: an upsert needs declared columns ({at}.columns) with a key; the built-in table is insert-only"
+                ));
+            }
+            if !(write.key.is_empty() || write.key == ["event_id"]) {
+                return Err(format!(
+                    "{at}.write.key: the built-in table's key is [\"event_id\"]; declare {at}.columns to choose another"
+                ));
+            }
+            Ok(TableShape::Builtin)
+        };
+        let mut out = vec![TableSpec {
+            at: "mysql".into(),
+            topic: None,
+            table: self.table.clone(),
+            shape: shape("mysql", &self.columns, &self.write)?,
+        }];
+        let reserved = [self.dead_letter_table(), self.offsets_table.clone()];
+        if reserved.iter().any(|r| r.eq_ignore_ascii_case(&self.table)) {
+            return Err(format!("mysql.table: `{}` is also the dead-letter or offsets table", self.table));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("mysql.routes[{i}]");
+            if r.topic.is_empty() {
+                return Err(format!("{at}.topic: must not be empty"));
+            }
+            if self.routes[..i].iter().any(|o| o.topic == r.topic) {
+                return Err(format!("{at}.topic: `{}` is routed twice", r.topic));
+            }
+            if !sql::is_identifier(&r.table) {
+                return Err(format!(
+                    "{at}.table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)",
+                    r.table
+                ));
+            }
+            if reserved.iter().any(|t| t.eq_ignore_ascii_case(&r.table)) {
+                return Err(format!("{at}.table: `{}` is the dead-letter or offsets table", r.table));
+            }
+            if out.iter().any(|t| t.table.eq_ignore_ascii_case(&r.table)) {
+                return Err(format!(
+                    "{at}.table: `{}` is already the table of another route or the default table; give each its own",
+                    r.table
+                ));
+            }
+            out.push(TableSpec {
+                at: at.clone(),
+                topic: Some(r.topic.clone()),
+                table: r.table.clone(),
+                shape: shape(&at, &r.columns, &r.write)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The statements `migrate` runs (`migrate --dry-run` prints them).
+    pub fn ddl(&self) -> Result<Vec<String>, String> {
+        let mut out: Vec<String> = self.tables()?.iter().map(TableSpec::create_table).collect();
+        out.push(sql::create_dead_letter_table(&self.dead_letter_table()));
+        out.push(sql::create_offsets_table(&self.offsets_table));
+        Ok(out)
     }
 }
 
@@ -150,6 +277,9 @@ pub enum MysqlSinkError {
         /// What went wrong.
         message: String,
     },
+    /// The table settings are invalid.
+    #[error("{0}")]
+    Config(String),
     /// Creating or inspecting a table failed.
     #[error("cannot prepare table `{table}`: {message}")]
     Table {
@@ -160,14 +290,61 @@ pub enum MysqlSinkError {
     },
 }
 
-/// Statement text by (dead-letter table?, rows).
-type StatementCache = HashMap<(bool, usize), Arc<str>>;
+/// Statement text by (destination, rows).
+type StatementCache = HashMap<(Target, usize), Arc<str>>;
+
+/// What a cached statement writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    /// The table at this position of `MysqlSink::tables`.
+    Table(usize),
+    /// The dead-letter table.
+    DeadLetters,
+}
+
+/// A destination table, ready to write.
+struct Table {
+    name: Arc<str>,
+    shape: TableShape,
+}
+
+/// One record made into a row of its table.
+enum MappedRow<'a> {
+    /// The built-in columns, borrowing from the record.
+    Builtin(Row<'a>),
+    /// Declared columns, one value each.
+    Values(Vec<Value>),
+}
+
+impl MappedRow<'_> {
+    /// A generous estimate of the row's size in a statement.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Builtin(r) => r.payload.len() + 256,
+            Self::Values(v) => v.iter().map(value_bytes).sum::<usize>() + 64,
+        }
+    }
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Bytes(b) => b.len() * 2 + 8,
+        _ => 24,
+    }
+}
 
 /// The MySQL sink. Cheap to clone; clones share one pool.
 #[derive(Clone)]
 pub struct MysqlSink {
     pool: Pool,
-    table: Arc<str>,
+    /// Whether [`Sink::close`] disconnects the pool (not when it was lent by the caller).
+    owns_pool: bool,
+    /// The default table first, then one per route.
+    tables: Arc<[Table]>,
+    /// Routed topic → position in `tables`.
+    routes: Arc<HashMap<String, usize>>,
+    /// How an upsert refers to the incoming values on this server.
+    syntax: sql::UpsertSyntax,
     dead_letter_table: Arc<str>,
     offsets_table: Arc<str>,
     consumer_group: Option<Arc<str>>,
@@ -235,7 +412,16 @@ impl MysqlSink {
                     // session state behind; an unfinished transaction is rolled back by the pool.
                     .with_reset_connection(false),
             );
-        let pool = Pool::new(opts);
+        let mut sink = Self::with_pool(Pool::new(opts), config).await?;
+        sink.owns_pool = true;
+        Ok(sink)
+    }
+
+    /// Uses a pool the caller already has (a service sharing its own pool with the pipeline)
+    /// instead of opening one from `config.url`; every other setting of `config` applies.
+    /// The pool stays the caller's: closing the sink leaves it connected.
+    pub async fn with_pool(pool: Pool, config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
+        let url = config.url.redacted();
         let connect_err = |message: String| MysqlSinkError::Connect { url: url.clone(), message };
         let mut conn = tokio::time::timeout(config.connect_timeout, pool.get_conn())
             .await
@@ -243,16 +429,34 @@ impl MysqlSink {
             .map_err(|e| connect_err(e.to_string()))?;
         let max_packet: Option<u64> =
             conn.query_first("SELECT @@max_allowed_packet").await.map_err(|e| connect_err(e.to_string()))?;
+        let version: Option<String> =
+            conn.query_first("SELECT VERSION()").await.map_err(|e| connect_err(e.to_string()))?;
+        let syntax = sql::UpsertSyntax::for_server(version.as_deref().unwrap_or_default());
+        let specs = config.tables().map_err(MysqlSinkError::Config)?;
         let dlq = config.dead_letter_table();
         if config.create_table {
-            for ddl in config.ddl() {
-                conn.query_drop(ddl).await.map_err(|e| MysqlSinkError::Table {
-                    table: config.table.clone(),
-                    message: e.to_string(),
-                })?;
+            let ddl = config.ddl().map_err(MysqlSinkError::Config)?;
+            for (stmt, table) in ddl
+                .iter()
+                .zip(specs.iter().map(|t| t.table.clone()).chain([dlq.clone(), config.offsets_table.clone()]))
+            {
+                conn.query_drop(stmt)
+                    .await
+                    .map_err(|e| MysqlSinkError::Table { table, message: e.to_string() })?;
             }
         }
-        check_columns(&mut conn, &config.table, sql::ROW_COLUMNS).await?;
+        let mut tables = Vec::with_capacity(specs.len());
+        let mut routes = HashMap::new();
+        for spec in specs {
+            match &spec.shape {
+                TableShape::Builtin => check_columns(&mut conn, &spec.table, sql::ROW_COLUMNS).await?,
+                TableShape::Columns(m) => live::check(&mut conn, &spec, m).await?,
+            }
+            if let Some(topic) = &spec.topic {
+                routes.insert(topic.clone(), tables.len());
+            }
+            tables.push(Table { name: Arc::from(spec.table.as_str()), shape: spec.shape });
+        }
         check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
         check_columns(
             &mut conn,
@@ -265,7 +469,10 @@ impl MysqlSink {
         let max_statement_bytes = (max_packet.unwrap_or(4 << 20) as usize / 2).max(64 * 1024);
         Ok(Self {
             pool,
-            table: Arc::from(config.table.as_str()),
+            owns_pool: false,
+            tables: tables.into(),
+            routes: Arc::new(routes),
+            syntax,
             dead_letter_table: Arc::from(dlq.as_str()),
             offsets_table: Arc::from(config.offsets_table.as_str()),
             consumer_group: None,
@@ -346,9 +553,14 @@ impl MysqlSink {
         &self.pool
     }
 
-    /// The table rows are written to.
+    /// The default table rows are written to (`mysql.table`).
     pub fn table(&self) -> &str {
-        &self.table
+        &self.tables[0].name
+    }
+
+    /// Every table rows are written to: the default table, then the routed ones.
+    pub fn tables(&self) -> Vec<&str> {
+        self.tables.iter().map(|t| &*t.name).collect()
     }
 
     /// The dead-letter table.
@@ -356,53 +568,81 @@ impl MysqlSink {
         &self.dead_letter_table
     }
 
-    fn statement(&self, dead_letter: bool, rows: usize) -> Arc<str> {
+    fn statement(&self, target: Target, rows: usize) -> Arc<str> {
         let mut cache = match self.statements.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        Arc::clone(cache.entry((dead_letter, rows)).or_insert_with(|| {
-            Arc::from(if dead_letter {
-                sql::insert_dead_letters(&self.dead_letter_table, rows)
-            } else {
-                sql::insert_rows(&self.table, rows)
+        Arc::clone(cache.entry((target, rows)).or_insert_with(|| {
+            Arc::from(match target {
+                Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, rows),
+                Target::Table(i) => {
+                    let t = &self.tables[i];
+                    match &t.shape {
+                        TableShape::Builtin => sql::insert_rows(&t.name, rows),
+                        TableShape::Columns(m) => sql::write_rows(&t.name, m, self.syntax, rows),
+                    }
+                }
             })
         }))
     }
 
-    async fn insert_rows(
+    /// Writes `rows` to table `index`; returns what the server did with them.
+    async fn write_rows(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
-        rows: &[(&Record, Row<'_>)],
-    ) -> Result<usize, SinkError> {
+        index: usize,
+        rows: &[(&Record, MappedRow<'_>)],
+    ) -> Result<BatchOutcome, SinkError> {
+        let table = &self.tables[index];
+        let columns = match &table.shape {
+            TableShape::Builtin => sql::ROW_COLUMNS.len(),
+            TableShape::Columns(m) => m.columns.len(),
+        };
+        let upsert = matches!(&table.shape, TableShape::Columns(m) if m.mode == WriteMode::Upsert);
         let plan = sql::plan_statements(
-            rows.iter().map(|(_, r)| r.payload.len() + 256),
-            sql::ROW_COLUMNS.len(),
+            rows.iter().map(|(_, r)| r.bytes()),
+            columns,
             usize::MAX,
             self.max_statement_bytes,
         );
-        let mut inserted = 0usize;
+        let mut outcome = BatchOutcome::default();
         for range in plan {
             let chunk = &rows[range];
-            let mut params = Vec::with_capacity(chunk.len() * sql::ROW_COLUMNS.len());
+            let mut params = Vec::with_capacity(chunk.len() * columns);
             for (rec, row) in chunk {
-                params.push(Value::from(row.event_id.as_ref()));
-                params.push(row.tracking_id.as_deref().map_or(Value::NULL, Value::from));
-                params.push(row.status.as_deref().map_or(Value::NULL, Value::from));
-                params.push(date_value(row.event_time));
-                params.push(Value::from(row.payload));
-                params.push(Value::from(&*rec.topic));
-                params.push(Value::from(rec.partition));
-                params.push(Value::from(rec.offset));
-                params.push(date_value(rec.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
+                match row {
+                    MappedRow::Builtin(row) => {
+                        params.push(Value::from(row.event_id.as_ref()));
+                        params.push(row.tracking_id.as_deref().map_or(Value::NULL, Value::from));
+                        params.push(row.status.as_deref().map_or(Value::NULL, Value::from));
+                        params.push(date_value(row.event_time));
+                        params.push(Value::from(row.payload));
+                        params.push(Value::from(&*rec.topic));
+                        params.push(Value::from(rec.partition));
+                        params.push(Value::from(rec.offset));
+                        params.push(date_value(rec.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
+                    }
+                    MappedRow::Values(v) => params.extend(v.iter().cloned()),
+                }
             }
-            let stmt = self.statement(false, chunk.len());
+            let stmt = self.statement(Target::Table(index), chunk.len());
             tx.exec_drop(&*stmt, params)
                 .await
-                .map_err(|e| classify(&format!("insert into `{}` failed", self.table), e))?;
-            inserted += tx.affected_rows() as usize;
+                .map_err(|e| classify(&format!("insert into `{}` failed", table.name), e))?;
+            let affected = tx.affected_rows() as usize;
+            let o = if upsert {
+                sql::upsert_outcome(chunk.len(), affected, &tx.info())
+            } else {
+                BatchOutcome {
+                    inserted: affected,
+                    duplicates: chunk.len().saturating_sub(affected),
+                    ..BatchOutcome::default()
+                }
+            };
+            outcome += o;
         }
-        Ok(inserted)
+        Ok(outcome)
     }
 
     async fn insert_dead_letters(
@@ -433,7 +673,7 @@ impl MysqlSink {
                 params.push(d.sqlstate.as_deref().map_or(Value::NULL, Value::from));
                 params.push(Value::from(truncate(&d.reason, 60_000)));
             }
-            let stmt = self.statement(true, range.len());
+            let stmt = self.statement(Target::DeadLetters, range.len());
             tx.exec_drop(&*stmt, params)
                 .await
                 .map_err(|e| classify(&format!("insert into `{}` failed", self.dead_letter_table), e))?;
@@ -523,9 +763,41 @@ impl MysqlSink {
             .map_err(|e| classify("cannot advance offset watermarks", e))
     }
 
+    /// The table `record` goes to, and its row there (or why it has none).
+    fn map<'r>(
+        &self,
+        record: &'r Record,
+        now: time::OffsetDateTime,
+    ) -> (usize, Result<MappedRow<'r>, mapping::Rejection>) {
+        let index =
+            if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) };
+        let row = match &self.tables[index].shape {
+            TableShape::Builtin => self.mapping.map(record).map(MappedRow::Builtin),
+            TableShape::Columns(m) => m.map(record, now).map(MappedRow::Values),
+        };
+        (index, row)
+    }
+
     async fn begin(&self) -> Result<mysql_async::Conn, SinkError> {
         self.pool.get_conn().await.map_err(|e| classify("cannot get a mysql connection", e))
     }
+}
+
+/// Keeps, of the rows sharing a key, the one an upsert would leave in the table
+/// ([`ColumnMapping::winners`]), so one statement never updates a row twice.
+fn winners<'a, 'r>(
+    m: &ColumnMapping,
+    rows: Vec<(&'a Record, MappedRow<'r>)>,
+) -> Vec<(&'a Record, MappedRow<'r>)> {
+    let values: Vec<&[Value]> = rows
+        .iter()
+        .map(|(_, row)| match row {
+            MappedRow::Values(v) => v.as_slice(),
+            MappedRow::Builtin(_) => &[],
+        })
+        .collect();
+    let keep = m.winners(&values);
+    rows.into_iter().zip(keep).filter_map(|(row, k)| k.then_some(row)).collect()
 }
 
 fn collect_marks(found: Vec<(String, i32, i64)>) -> HashMap<String, HashMap<i32, i64>> {
@@ -600,22 +872,24 @@ impl Sink for MysqlSink {
             return Ok(BatchOutcome::default());
         }
         // Map outside the transaction, to hold the watermark locks briefly.
-        let mapped: Vec<Result<Row<'_>, mapping::Rejection>> =
-            records.iter().map(|r| self.mapping.map(r)).collect();
+        let now = time::OffsetDateTime::now_utc();
+        let mapped: Vec<(usize, Result<MappedRow<'_>, mapping::Rejection>)> =
+            records.iter().map(|r| self.map(r, now)).collect();
         let mut conn = self.begin().await?;
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
         let keep = self.fresh_records(&mut tx, records).await?;
-        let mut rows = Vec::with_capacity(records.len());
+        let mut per_table: Vec<Vec<(&Record, MappedRow<'_>)>> =
+            (0..self.tables.len()).map(|_| Vec::new()).collect();
         let mut rejected = Vec::new();
-        for ((r, m), keep) in records.iter().zip(mapped).zip(keep) {
+        for ((r, (table, m)), keep) in records.iter().zip(mapped).zip(keep) {
             if !keep {
                 continue;
             }
             match m {
-                Ok(row) => rows.push((r, row)),
+                Ok(row) => per_table[table].push((r, row)),
                 Err(rej) => rejected.push(DeadLetter {
                     record: r.clone(),
                     error_class: rej.class.to_owned(),
@@ -625,19 +899,28 @@ impl Sink for MysqlSink {
                 }),
             }
         }
-        let inserted = self.insert_rows(&mut tx, &rows).await?;
+        let mut outcome = BatchOutcome::default();
+        for (index, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = match &self.tables[index].shape {
+                TableShape::Columns(m) if m.mode == WriteMode::Upsert => winners(m, rows),
+                _ => rows,
+            };
+            outcome += self.write_rows(&mut tx, index, &rows).await?;
+        }
         self.store_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records.iter()).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
         for d in &rejected {
             metrics::counter!("dp_dead_lettered_total", "class" => d.error_class.clone()).increment(1);
         }
-        let dead_lettered = rejected.len();
-        Ok(BatchOutcome {
-            inserted,
-            duplicates: records.len().saturating_sub(inserted + dead_lettered),
-            dead_lettered,
-        })
+        outcome.dead_lettered = rejected.len();
+        // Records below the watermark, second copies, and upserts that lost within the batch.
+        outcome.duplicates =
+            records.len().saturating_sub(outcome.inserted + outcome.updated + outcome.dead_lettered);
+        Ok(outcome)
     }
 
     async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
@@ -664,6 +947,9 @@ impl Sink for MysqlSink {
     }
 
     async fn close(&self) -> Result<(), SinkError> {
+        if !self.owns_pool {
+            return Ok(());
+        }
         self.pool.clone().disconnect().await.map_err(|e| classify("closing the mysql pool failed", e))
     }
 }

@@ -47,6 +47,11 @@ pub struct DateTimeParts {
 }
 
 impl DateTimeParts {
+    /// The UTC parts of `t`, if its year is one a `DATETIME` holds.
+    pub fn from_offset(t: OffsetDateTime) -> Option<Self> {
+        Self::from_utc(t)
+    }
+
     fn from_utc(t: OffsetDateTime) -> Option<Self> {
         let t = t.to_offset(time::UtcOffset::UTC);
         let year = u16::try_from(t.year()).ok().filter(|y| (1000..=9999).contains(y))?;
@@ -94,7 +99,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(class: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(class: &'static str, reason: impl Into<String>) -> Self {
         Self { class, reason: reason.into() }
     }
 }
@@ -159,7 +164,7 @@ pub const MAX_JSON_DEPTH: usize = 31;
 
 /// True when valid JSON `text` nests arrays/objects deeper than `limit`. A byte scan: brackets
 /// inside strings are skipped, escapes included.
-fn exceeds_depth(text: &str, limit: usize) -> bool {
+pub(crate) fn exceeds_depth(text: &str, limit: usize) -> bool {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in text.as_bytes() {
         if in_string {

@@ -149,6 +149,97 @@ pub fn insert_rows(table: &str, rows: usize) -> String {
     )
 }
 
+/// How an upsert's `ON DUPLICATE KEY UPDATE` refers to the incoming row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertSyntax {
+    /// `VALUES(col)`: MariaDB, and MySQL before 8.0.19.
+    ValuesFunction,
+    /// A row alias, `VALUES (…) AS dp_new … dp_new.col`: MySQL 8.0.19 and later, where
+    /// `VALUES(col)` is deprecated.
+    RowAlias,
+}
+
+impl UpsertSyntax {
+    /// The syntax for a server reporting `version` (`SELECT VERSION()`).
+    pub fn for_server(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            return Self::ValuesFunction;
+        }
+        let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if v >= (8, 0, 19) { Self::RowAlias } else { Self::ValuesFunction }
+    }
+}
+
+/// A multi-row write to a table with declared columns.
+///
+/// - `insert`: a row whose key exists is left as it is (a no-op update of the first key
+///   column, so only a key conflict is absorbed, never a data error).
+/// - `upsert`: a row whose key exists takes the incoming values of every non-key column. With
+///   a guard, only when the incoming guard is greater than the stored one (or the stored one
+///   is NULL). MySQL applies the assignments left to right, each seeing the ones before, so
+///   the guard column is assigned last: the conditions before it still compare with the
+///   stored value.
+pub fn write_rows(
+    table: &str,
+    mapping: &crate::columns::ColumnMapping,
+    syntax: UpsertSyntax,
+    rows: usize,
+) -> String {
+    use crate::columns::WriteMode;
+    let names = mapping.names();
+    let mut out =
+        format!("INSERT INTO `{table}` ({}) VALUES {}", column_list(&names), values_list(names.len(), rows));
+    let incoming = |c: &str| match syntax {
+        UpsertSyntax::ValuesFunction => format!("VALUES(`{c}`)"),
+        UpsertSyntax::RowAlias => format!("dp_new.`{c}`"),
+    };
+    if mapping.mode == WriteMode::Upsert && syntax == UpsertSyntax::RowAlias {
+        out.push_str(" AS dp_new");
+    }
+    out.push_str(" ON DUPLICATE KEY UPDATE ");
+    if mapping.mode == WriteMode::Insert {
+        let k = names[mapping.key[0]];
+        out.push_str(&format!("`{k}` = `{k}`"));
+        return out;
+    }
+    let mut order: Vec<usize> =
+        (0..names.len()).filter(|i| !mapping.key.contains(i) && Some(*i) != mapping.guard).collect();
+    order.extend(mapping.guard);
+    let condition = mapping.guard.map(|g| {
+        let g = names[g];
+        format!("(`{g}` IS NULL OR {} > `{g}`)", incoming(g))
+    });
+    let assignments: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            let c = names[i];
+            match &condition {
+                Some(cond) => format!("`{c}` = IF({cond}, {}, `{c}`)", incoming(c)),
+                None => format!("`{c}` = {}", incoming(c)),
+            }
+        })
+        .collect();
+    out.push_str(&assignments.join(", "));
+    out
+}
+
+/// What an upsert statement of `rows` rows did, from its affected-row count (1 per inserted
+/// row, 2 per updated row, 0 per row left unchanged) and its info string
+/// (`Records: 3  Duplicates: 1  Warnings: 0`, where `Duplicates` counts the rows updated).
+pub fn upsert_outcome(rows: usize, affected: usize, info: &str) -> dp_core::BatchOutcome {
+    let updated = info
+        .split("Duplicates:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        // A one-row statement sends no info string; its affected count says it all.
+        .unwrap_or(usize::from(rows == 1 && affected == 2))
+        .min(rows);
+    let inserted = affected.saturating_sub(2 * updated).min(rows - updated);
+    dp_core::BatchOutcome { inserted, updated, duplicates: rows - inserted - updated, dead_lettered: 0 }
+}
+
 /// A multi-row insert of dead-letter entries; a repeat of the same coordinates counts another
 /// attempt and keeps the newest reason.
 pub fn insert_dead_letters(table: &str, rows: usize) -> String {
@@ -208,6 +299,106 @@ mod tests {
         assert!(sql.contains("ON DUPLICATE KEY UPDATE `event_id` = `event_id`"));
         assert!(!sql.contains("IGNORE"));
         assert_eq!(insert_dead_letters("d", 2).matches('?').count(), 2 * DEAD_LETTER_COLUMNS.len());
+    }
+
+    fn status_mapping(mode: &str, guard: Option<&str>) -> crate::columns::ColumnMapping {
+        let text = format!(
+            r#"
+            columns = [
+              {{ name = "tracking_id", pointer = "/tracking_id", type = "string", required = true }},
+              {{ name = "status", pointer = "/status", type = "string" }},
+              {{ name = "event_time", pointer = "/event_time", type = "timestamp" }},
+            ]
+            write = {{ mode = "{mode}", key = ["tracking_id"] {} }}
+            "#,
+            guard.map(|g| format!(r#", guard = "{g}""#)).unwrap_or_default()
+        );
+        #[derive(serde::Deserialize)]
+        struct T {
+            columns: Vec<crate::columns::ColumnConfig>,
+            write: crate::columns::WriteConfig,
+        }
+        let t: T = toml::from_str(&text).expect("toml");
+        crate::columns::ColumnMapping::compile("mysql", &t.columns, &t.write, 1 << 20).expect("compiles")
+    }
+
+    #[test]
+    fn declared_inserts_absorb_key_conflicts_only() {
+        let sql = write_rows("s", &status_mapping("insert", None), UpsertSyntax::ValuesFunction, 2);
+        assert_eq!(
+            sql,
+            "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?),(?,?,?) \
+             ON DUPLICATE KEY UPDATE `tracking_id` = `tracking_id`"
+        );
+    }
+
+    #[test]
+    fn guarded_upserts_compare_before_assigning_the_guard_last() {
+        let m = status_mapping("upsert", Some("event_time"));
+        let cond = "(`event_time` IS NULL OR VALUES(`event_time`) > `event_time`)";
+        assert_eq!(
+            write_rows("s", &m, UpsertSyntax::ValuesFunction, 1),
+            format!(
+                "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?) ON DUPLICATE KEY UPDATE \
+                 `status` = IF({cond}, VALUES(`status`), `status`), `event_time` = IF({cond}, VALUES(`event_time`), `event_time`)"
+            )
+        );
+        let alias = write_rows("s", &m, UpsertSyntax::RowAlias, 1);
+        assert!(alias.contains("VALUES (?,?,?) AS dp_new ON DUPLICATE KEY UPDATE"), "{alias}");
+        assert!(alias.contains("dp_new.`event_time` > `event_time`"), "{alias}");
+        assert!(!alias.contains("VALUES(`"), "{alias}");
+        let plain = write_rows("s", &status_mapping("upsert", None), UpsertSyntax::ValuesFunction, 1);
+        assert!(plain.ends_with(
+            "ON DUPLICATE KEY UPDATE `status` = VALUES(`status`), `event_time` = VALUES(`event_time`)"
+        ));
+    }
+
+    #[test]
+    fn the_row_alias_is_used_from_mysql_8_0_19_only() {
+        assert_eq!(UpsertSyntax::for_server("10.11.19-MariaDB-0+deb12u1"), UpsertSyntax::ValuesFunction);
+        assert_eq!(UpsertSyntax::for_server("11.4.2-MariaDB"), UpsertSyntax::ValuesFunction);
+        assert_eq!(UpsertSyntax::for_server("8.0.18"), UpsertSyntax::ValuesFunction);
+        assert_eq!(UpsertSyntax::for_server("5.7.44-log"), UpsertSyntax::ValuesFunction);
+        assert_eq!(UpsertSyntax::for_server("8.0.19"), UpsertSyntax::RowAlias);
+        assert_eq!(UpsertSyntax::for_server("8.4.3"), UpsertSyntax::RowAlias);
+        assert_eq!(UpsertSyntax::for_server("9.1.0-commercial"), UpsertSyntax::RowAlias);
+    }
+
+    #[test]
+    fn upsert_outcomes_split_inserts_updates_and_no_ops() {
+        let o = |rows, affected, info| {
+            let o = upsert_outcome(rows, affected, info);
+            (o.inserted, o.updated, o.duplicates)
+        };
+        // 2 new, 1 updated (2 affected), 1 unchanged (0 affected, not a "duplicate" either).
+        assert_eq!(o(4, 4, "Records: 4  Duplicates: 1  Warnings: 0"), (2, 1, 1));
+        assert_eq!(o(3, 0, "Records: 3  Duplicates: 0  Warnings: 0"), (0, 0, 3));
+        assert_eq!(o(2, 2, "Records: 2  Duplicates: 1  Warnings: 0"), (0, 1, 1));
+        assert_eq!(o(1, 1, ""), (1, 0, 0));
+        assert_eq!(o(1, 2, ""), (0, 1, 0));
+        assert_eq!(o(1, 0, ""), (0, 0, 1));
+    }
+
+    #[test]
+    fn of_rows_sharing_a_key_the_newest_guard_wins_and_ties_keep_the_first() {
+        use mysql_async::Value;
+        let m = status_mapping("upsert", Some("event_time"));
+        let row = |k: &str, s: &str, minute: u8| {
+            vec![Value::from(k), Value::from(s), Value::Date(2026, 11, 24, 10, minute, 0, 0)]
+        };
+        let rows = [
+            row("A", "PICKED_UP", 1),
+            row("B", "PICKED_UP", 1),
+            row("A", "DELIVERED", 9),
+            row("A", "IN_TRANSIT", 5),
+            row("B", "DUPLICATE", 1),
+            vec![Value::from("C"), Value::from("X"), Value::NULL],
+            row("C", "Y", 0),
+        ];
+        let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+        assert_eq!(m.winners(&refs), [false, true, true, false, false, false, true]);
+        let unguarded = status_mapping("upsert", None);
+        assert_eq!(unguarded.winners(&refs), [false, false, false, true, true, false, true], "the last wins");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! A new consumer group starts from the earliest offset (`auto.offset.reset=earliest`), as Kafka
 //! Connect sinks do, so nothing already in the topic is skipped.
 //!
-//! The consumer is polled on a thread of its own ([`poller`]), which hands records over in
+//! The consumer is polled on a thread of its own (`poller.rs`), which hands records over in
 //! chunks and runs the rebalance callback. That callback may block, so revocation is a
 //! hand-over: the revoked partitions stop being read, the pipeline flushes what it holds of
 //! them, the source acknowledges it, and only then (or after `revocation_timeout`) are the

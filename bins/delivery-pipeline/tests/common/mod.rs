@@ -360,71 +360,22 @@ impl Drop for OwnRedis {
     }
 }
 
-/// A TCP proxy of the test's own in front of a real service. [`Proxy::cut`] resets every
-/// connection through it (RST, as a crashed server or a dropped network path does) and refuses
-/// new ones until [`Proxy::restore`].
-pub struct Proxy {
-    pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
+/// A TCP proxy of the test's own in front of a real service (the sink conformance kit's):
+/// `cut()` resets every connection through it and refuses new ones until `restore()`.
+pub struct Proxy(dp_sink_conformance::Proxy);
 
 impl Proxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("proxy bind");
-        let port = listener.local_addr().expect("proxy addr").port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, open2, target) = (up.clone(), open.clone(), target.to_owned());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                // Linger 0: closing sends RST, so the peer sees a reset, not a clean close. (Tokio
-                // deprecates set_linger because a non-zero linger blocks on drop; zero does not.)
-                #[allow(deprecated)]
-                let _ = inbound.set_linger(Some(Duration::ZERO));
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        #[allow(deprecated)]
-                        let _ = outbound.set_linger(Some(Duration::ZERO));
-                        let _ = outbound.set_nodelay(true);
-                        let _ = inbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                let mut open = open2.lock().expect("proxy lock");
-                open.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
-                open.push(task.abort_handle());
-            }
-        });
-        Self { port, up, open, accept }
-    }
-
-    /// Resets every open connection and refuses new ones.
-    pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for h in self.open.lock().expect("proxy lock").drain(..) {
-            h.abort();
-        }
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        Self(dp_sink_conformance::Proxy::start(target).await.expect("proxy listens on 127.0.0.1"))
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
+impl std::ops::Deref for Proxy {
+    type Target = dp_sink_conformance::Proxy;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
