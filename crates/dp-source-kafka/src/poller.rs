@@ -228,6 +228,13 @@ impl PollerContext {
         if parts.is_empty() {
             return;
         }
+        // librdkafka can deliver a last assignment while the consumer is being closed, and then
+        // on whichever thread drops it: possibly a runtime worker, where `block_on` panics. A
+        // closing consumer reads nothing, so its start positions do not matter.
+        if self.shared.stopping() || tokio::runtime::Handle::try_current().is_ok() {
+            tracing::debug!(partitions = ?parts, "assignment while closing; start positions left to kafka");
+            return;
+        }
         let marks =
             runtime.block_on(async { tokio::time::timeout(LOOKUP_TIMEOUT, store.next_offsets(parts)).await });
         let marks = match marks {
