@@ -24,7 +24,7 @@ async fn metrics_count_what_was_stored_and_readiness_follows_mysql() {
     })
     .await;
 
-    env.produce(EVENTS).await;
+    let produced = env.produce(EVENTS).await;
     wait_for("every event stored", Duration::from_secs(60), || async { env.row_count().await >= EVENTS })
         .await;
     let (code, text) = http_get(&address, "/metrics").expect("metrics");
@@ -41,6 +41,12 @@ async fn metrics_count_what_was_stored_and_readiness_follows_mysql() {
     let partitions = text.lines().filter(|l| l.starts_with("dp_messages_consumed_total{")).count();
     assert_eq!(partitions, 3, "one series per partition");
     assert!(!text.contains("event_id") && !text.contains("root@"), "no content, no credentials");
+    let readyz = http_get(&address, "/readyz").expect("readyz").1;
+    for body in [&text, &readyz] {
+        assert!(!body.contains("mysql://") && !body.contains("redis://"), "no connection strings:\n{body}");
+        assert!(!body.contains("TRK") && !body.contains("IN_TRANSIT"), "no message content:\n{body}");
+        assert!(produced.iter().take(500).all(|id| !body.contains(id.as_str())), "no event ids");
+    }
 
     // MySQL cut: the next batch fails and readiness says so; back once MySQL is.
     proxy.cut();

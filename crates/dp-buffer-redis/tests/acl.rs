@@ -1,0 +1,95 @@
+//! The Redis ACL `docs/security.md` recommends is enough, and no more than that: against a
+//! redis-server of the test's own (never the shared one), a user limited to the key prefix and
+//! the listed commands appends, reads back, restores, renews its lease, claims an orphan,
+//! checks persistence and removes — and cannot read keys outside its prefix.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dp_buffer_redis::{RedisBuffer, RedisBufferConfig};
+use dp_core::{Buffer, Record, SecretUrl};
+
+/// The ACL rule of docs/security.md, for the prefix `msg`.
+const DOCUMENTED_RULE: &str = "on >acl-test-pw resetkeys ~msg:* resetchannels -@all \
+    +mset +mget +unlink +del +get +set +exists +rename +scan +smembers +sadd +srem \
+    +eval +evalsha +ping +config|get +info +hello +auth +client|setname +cluster|slots +cluster|shards";
+
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> OwnRedis {
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return OwnRedis { child, port };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server did not start on port {port}");
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn rec(offset: i64) -> Record {
+    Record::new("t", 0, offset, Some(format!(r#"{{"n":{offset}}}"#).into_bytes()))
+}
+
+#[tokio::test]
+async fn the_documented_acl_runs_every_buffer_operation() {
+    let redis = start_redis();
+    let mut acl = vec!["ACL", "SETUSER", "delivery-pipeline"];
+    acl.extend(DOCUMENTED_RULE.split_whitespace());
+    assert_eq!(cli(redis.port, &acl), "OK");
+    assert_eq!(cli(redis.port, &["SET", "other:secret", "x"]), "OK");
+
+    let config = RedisBufferConfig {
+        url: SecretUrl::new(format!("redis://delivery-pipeline:acl-test-pw@127.0.0.1:{}", redis.port)),
+        lease_ttl: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let me = RedisBuffer::connect(&config, "me").await.expect("connect as the limited user");
+    let keys = me.append(&[rec(0), rec(1), rec(2)]).await.expect("append");
+    assert_eq!(me.fetch(&keys[..1]).await.expect("fetch")[0].as_ref().map(|r| r.offset), Some(0));
+    me.heartbeat().await.expect("lease renewal");
+    me.remove(&keys[..1]).await.expect("remove");
+    assert_eq!(me.restore().await.expect("restore").len(), 2);
+    me.persistence().await.expect("CONFIG GET for after_buffer's check");
+    me.healthcheck().await.expect("healthcheck");
+
+    // Another instance adopts `me` once its lease expires.
+    let other = RedisBuffer::connect(&config, "other").await.expect("connect");
+    other.heartbeat().await.expect("lease");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let orphan = other.claim_orphan().await.expect("claim").expect("me is orphaned");
+    assert_eq!((orphan.instance.as_str(), orphan.records.len()), ("me", 2));
+    other.remove(&orphan.records.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()).await.expect("remove");
+    other.release_orphan("me").await.expect("release");
+    other.close().await.expect("close");
+
+    // Nothing outside the prefix.
+    let denied: Result<Option<String>, _> = {
+        use fred::prelude::*;
+        me.client().get("other:secret").await
+    };
+    let denied = denied.expect_err("keys outside msg:* are off limits");
+    assert!(denied.to_string().to_lowercase().contains("permission"), "{denied}");
+}
