@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: the builder compiles the release binary (librdkafka is built from source by
-# rdkafka-sys, jemalloc and zstd too, hence make/gcc/zlib); the runtime image holds the binary, CA certificates and an
+# rdkafka-sys with TLS against OpenSSL, jemalloc and zstd too, hence make/gcc/zlib/libssl-dev); the runtime image
+# holds the binary, OpenSSL, CA certificates (Kafka's default trust store) and an
 # example config, and runs as an unprivileged user.
 #
 #   docker build -t delivery-pipeline .
@@ -8,7 +9,7 @@
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends zlib1g-dev pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -19,7 +20,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pipeline
 COPY --from=build /delivery-pipeline /usr/local/bin/delivery-pipeline

@@ -32,7 +32,7 @@ use rand::SeedableRng;
 
 use crate::demo::mysql_pool;
 use crate::events::synthetic_event;
-use crate::produce::{ProduceOptions, ensure_topic, produce, producer};
+use crate::produce::{ProduceOptions, ensure_topic_for, produce, producer_for};
 
 /// Benchmark parameters.
 #[derive(Debug, Clone, Copy)]
@@ -101,9 +101,9 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
     let brokers = config.kafka.brokers.clone();
 
     step(&format!("1/4 producing {} events to {topic} ({} partitions)", opts.count, opts.partitions));
-    ensure_topic(&brokers, &topic, opts.partitions).await?;
+    ensure_topic_for(&config.kafka, &topic, opts.partitions).await?;
     let produced = produce(
-        &producer(&brokers)?,
+        &producer_for(&config.kafka)?,
         &ProduceOptions {
             brokers: brokers.clone(),
             topic: topic.clone(),
@@ -411,8 +411,8 @@ struct PipelineProcess {
 
 impl PipelineProcess {
     /// Starts this executable's `run` with `config` as its settings file (HTTP endpoint off).
-    /// The URLs, which a settings file would show redacted, go in the environment instead; no
-    /// other `DP_` variable reaches the process.
+    /// The secrets, which a settings file would show redacted, go in the environment instead;
+    /// no other `DP_` variable reaches the process.
     fn spawn(config: &Config) -> anyhow::Result<Self> {
         let dir = Path::new("target/bench");
         std::fs::create_dir_all(dir).context("cannot create target/bench")?;
@@ -428,8 +428,7 @@ impl PipelineProcess {
         for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("DP_")) {
             cmd.env_remove(k);
         }
-        cmd.env("DP_MYSQL__URL", c.mysql.url.expose())
-            .env("DP_REDIS__URL", c.redis.url.expose())
+        cmd.envs(crate::settings::secret_variables(&c))
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -641,7 +640,7 @@ pub async fn steady(
     let id = run_id();
     let topic = format!("steady-{id}");
     let pc = scratch_config(&config, &topic, &format!("bench_steady_{id}"));
-    ensure_topic(&pc.kafka.brokers, &topic, partitions).await?;
+    ensure_topic_for(&pc.kafka, &topic, partitions).await?;
     let count = rate * duration.as_secs().max(1);
     step(&format!("offering {rate} events/s for {duration:?} ({count} events) to {topic}"));
 
@@ -651,7 +650,7 @@ pub async fn steady(
     let mut progress = Progress::new(&pc);
     // Offer load only once the consumer holds its partitions (it stored a warm-up event), so
     // the latency measured is the pipeline's, not the group join's.
-    let kafka = producer(&pc.kafka.brokers)?;
+    let kafka = producer_for(&pc.kafka)?;
     let warm_up = ProduceOptions {
         brokers: pc.kafka.brokers.clone(),
         topic: topic.clone(),

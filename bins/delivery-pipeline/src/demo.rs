@@ -63,6 +63,9 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     cluster.create_topic(topic, partitions, 1).context("cannot create the demo topic")?;
     let brokers = cluster.bootstrap_servers();
     config.kafka.brokers = brokers.clone();
+    // The embedded broker speaks plain text: the configured cluster's TLS and SASL do not apply.
+    config.kafka.tls = dp_core::TlsConfig::default();
+    config.kafka.sasl = dp_source_kafka::SaslConfig::default();
     config.kafka.topics = vec![topic.into()];
     config.kafka.group_id = format!("demo-{}", uuid::Uuid::now_v7().as_simple());
     config.kafka.session_timeout = Duration::from_secs(6);
@@ -171,11 +174,10 @@ fn min_partitions(count: u64) -> i32 {
     by_bytes.max(by_count).clamp(1, 1024) as i32
 }
 
-/// A pool on `config`'s MySQL, over TCP as configured (never a local socket).
+/// A pool on `config`'s MySQL, over TCP as configured (never a local socket), with its
+/// password file and TLS settings.
 pub(crate) fn mysql_pool(config: &Config) -> anyhow::Result<mysql_async::Pool> {
-    let opts = mysql_async::Opts::from_url(config.mysql.url.expose())
-        .map_err(|e| anyhow::anyhow!("mysql.url: {e}"))?;
-    Ok(mysql_async::Pool::new(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false)))
+    Ok(mysql_async::Pool::new(config.mysql.opts()?))
 }
 
 async fn reset_tables(config: &Config) -> anyhow::Result<()> {

@@ -274,10 +274,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Produce { topic, count, rate, partitions } => {
             let topic = topic.or_else(|| config.kafka.topics.first().cloned()).context("no topic given")?;
             if let Some(p) = partitions {
-                produce::ensure_topic(&config.kafka.brokers, &topic, p).await?;
+                produce::ensure_topic_for(&config.kafka, &topic, p).await?;
             }
             let report = produce::produce(
-                &produce::producer(&config.kafka.brokers)?,
+                &produce::producer_for(&config.kafka)?,
                 &produce::ProduceOptions {
                     brokers: config.kafka.brokers.clone(),
                     topic: topic.clone(),

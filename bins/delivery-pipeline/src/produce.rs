@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dp_source_kafka::KafkaSourceConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -42,24 +43,43 @@ pub struct ProduceReport {
     pub elapsed: Duration,
 }
 
-/// A producer tuned for throughput: large batches, a short linger.
+/// A producer tuned for throughput (large batches, a short linger) to plain-text `brokers`.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    producer_for(&plain(brokers))
+}
+
+/// A producer tuned for throughput to the cluster `kafka` configures: its brokers, and the
+/// same `properties`, TLS and SASL settings as the pipeline's consumer.
+pub fn producer_for(kafka: &KafkaSourceConfig) -> anyhow::Result<FutureProducer> {
+    client_config(kafka)?
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("message.timeout.ms", "60000")
         .create()
-        .with_context(|| format!("cannot create a kafka producer for {brokers}"))
+        .with_context(|| format!("cannot create a kafka producer for {}", kafka.brokers))
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `topic` on plain-text `brokers` with `partitions` partitions unless it exists.
 pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    ensure_topic_for(&plain(brokers), topic, partitions).await
+}
+
+/// The default settings with `brokers`: no TLS, no SASL.
+fn plain(brokers: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig { brokers: brokers.to_owned(), ..KafkaSourceConfig::default() }
+}
+
+fn client_config(kafka: &KafkaSourceConfig) -> anyhow::Result<ClientConfig> {
+    kafka.common_client_config().map_err(anyhow::Error::msg)
+}
+
+/// Creates `topic` on the cluster `kafka` configures (its security settings included) with
+/// `partitions` partitions unless it exists.
+pub async fn ensure_topic_for(kafka: &KafkaSourceConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<_> = client_config(kafka)?
         .create()
-        .with_context(|| format!("cannot create a kafka admin client for {brokers}"))?;
+        .with_context(|| format!("cannot create a kafka admin client for {}", kafka.brokers))?;
     let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(10))));
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin.create_topics([&new], &opts).await.context("create topic request failed")?;

@@ -34,8 +34,13 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
             fig = fig.merge(Serialized::default("kafka.properties", map));
             continue;
         }
+        // A secret stays the text it is: `007` or `true` must not become a number or a boolean.
         let value: figment::value::Value =
-            value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {});
+            if dp_core::is_secret_name(path.rsplit('.').next().unwrap_or_default()) {
+                value.clone().into()
+            } else {
+                value.parse().unwrap_or_else(|never: std::convert::Infallible| match never {})
+            };
         fig = fig.merge(Serialized::default(&path, value));
     }
     let mut settings: Settings = fig.extract().map_err(|e| first_error(&e, file, env))?;
@@ -68,6 +73,24 @@ fn first_error(e: &figment::Error, file: Option<&Path>, env: &[(String, String)]
 /// The effective settings as TOML, passwords redacted.
 pub fn to_toml(settings: &Settings) -> String {
     toml::to_string_pretty(settings).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+}
+
+/// The `DP_` variables that carry `settings`' secrets, which [`to_toml`] redacts: for a child
+/// process given the TOML as its settings file. Secrets read from files are not among them
+/// (the file's path is in the TOML).
+pub fn secret_variables(settings: &Settings) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("DP_MYSQL__URL".to_owned(), settings.mysql.url.expose().to_owned()),
+        ("DP_REDIS__URL".to_owned(), settings.redis.url.expose().to_owned()),
+    ];
+    if let Some(p) = &settings.kafka.sasl.password {
+        out.push(("DP_KAFKA__SASL__PASSWORD".to_owned(), p.expose().to_owned()));
+    }
+    for (name, value) in settings.kafka.properties.iter().filter(|(k, _)| dp_core::is_secret_name(k)) {
+        let variable = format!("DP_KAFKA__PROPERTIES__{}", name.to_ascii_uppercase().replace('.', "_"));
+        out.push((variable, value.clone()));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -149,6 +172,69 @@ mod tests {
         let s = load(Some(&path), &env(&[])).expect("the shipped example loads");
         let d = load(None, &env(&[])).expect("defaults load");
         assert_eq!(to_toml(&s), to_toml(&d), "the example documents the defaults");
+    }
+
+    #[test]
+    fn tls_and_sasl_from_the_environment() {
+        let s = load(
+            None,
+            &env(&[
+                ("DP_MYSQL__TLS__ENABLED", "true"),
+                ("DP_MYSQL__TLS__CA_FILE", "/etc/ssl/private-ca.pem"),
+                ("DP_MYSQL__TLS__VERIFY", "none"),
+                ("DP_REDIS__URL", "rediss://cache:6380"),
+                ("DP_REDIS__PASSWORD_FILE", "/run/secrets/redis"),
+                ("DP_KAFKA__TLS__ENABLED", "true"),
+                ("DP_KAFKA__SASL__MECHANISM", "SCRAM-SHA-512"),
+                ("DP_KAFKA__SASL__USERNAME", "pipeline"),
+                ("DP_KAFKA__SASL__PASSWORD", "007"),
+            ]),
+        )
+        .expect("loads");
+        assert!(s.mysql.tls.enabled);
+        assert_eq!(s.mysql.tls.verify, dp_core::TlsVerify::None);
+        assert_eq!(s.mysql.tls.ca_file.as_deref(), Some(Path::new("/etc/ssl/private-ca.pem")));
+        assert!(s.redis.tls_on());
+        assert_eq!(s.redis.password_file.as_deref(), Some(Path::new("/run/secrets/redis")));
+        assert_eq!(s.kafka.sasl.mechanism, Some(dp_source_kafka::SaslMechanism::ScramSha512));
+        assert_eq!(s.kafka.sasl.password.as_ref().map(dp_core::Secret::expose), Some("007"), "kept as text");
+        let e = load(None, &env(&[("DP_MYSQL__TLS__ENABLED", "true"), ("DP_MYSQL__TLS__VERIFY", "ca")]))
+            .expect_err("MySQL's client always checks the name");
+        assert!(e.starts_with("mysql.tls.verify"), "{e}");
+        let e = load(None, &env(&[("DP_KAFKA__SASL__MECHANISM", "GSSAPI")])).expect_err("unknown mechanism");
+        assert!(e.starts_with("kafka.sasl.mechanism"), "{e}");
+        let e = load(None, &env(&[("DP_MYSQL__TLS__VERIFY", "full")])).map(|_| ()).err();
+        assert_eq!(e, None, "the default verification needs no TLS");
+        let e = load(None, &env(&[("DP_REDIS__TLS__CERT_FILE", "/c.pem")])).expect_err("cert while off");
+        assert!(e.starts_with("redis.tls.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn printed_settings_hide_every_secret_and_children_get_them() {
+        let s = load(
+            None,
+            &env(&[
+                ("DP_MYSQL__URL", "mysql://app:hunter2@db:3306/x"),
+                ("DP_REDIS__URL", "redis://:redis-pw@cache:6379"),
+                ("DP_KAFKA__SASL__MECHANISM", "PLAIN"),
+                ("DP_KAFKA__SASL__USERNAME", "pipeline"),
+                ("DP_KAFKA__SASL__PASSWORD", "sasl-pw"),
+                ("DP_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "key-pw"),
+            ]),
+        )
+        .expect("loads");
+        let text = format!("{}{s:?}", to_toml(&s));
+        for secret in ["hunter2", "redis-pw", "sasl-pw", "key-pw"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        let mut vars = secret_variables(&s);
+        vars.push(("DP_KAFKA__SASL__MECHANISM".into(), "PLAIN".into()));
+        vars.push(("DP_KAFKA__SASL__USERNAME".into(), "pipeline".into()));
+        let child = load(None, &env(&vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>()));
+        let child = child.expect("a child loads the secrets back");
+        assert_eq!(child.kafka.sasl.password.as_ref().map(dp_core::Secret::expose), Some("sasl-pw"));
+        assert_eq!(child.kafka.properties.get("ssl.key.password").map(String::as_str), Some("key-pw"));
+        assert_eq!(child.redis.url.expose(), "redis://:redis-pw@cache:6379");
     }
 
     #[test]

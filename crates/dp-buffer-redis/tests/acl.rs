@@ -34,9 +34,11 @@ fn start_redis() -> OwnRedis {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed");
+    // Owned from here on: dropping it (a panic included) kills and reaps the server.
+    let redis = OwnRedis { child, port };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return OwnRedis { child, port };
+            return redis;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

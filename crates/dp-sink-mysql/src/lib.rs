@@ -18,17 +18,20 @@ pub mod mapping;
 pub mod sql;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dp_core::{
-    BatchOutcome, DeadLetter, DeadLetterPublisher, Record, SecretUrl, Sink, SinkError, Watermarks,
-    encode_record,
+    BatchOutcome, DeadLetter, DeadLetterPublisher, Record, SecretUrl, Sink, SinkError, TlsConfig, TlsVerify,
+    Watermarks, encode_record,
 };
 pub use mysql_async;
 use mysql_async::prelude::*;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+use mysql_async::{
+    ClientIdentity, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts, TxOpts, Value,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::columns::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
@@ -40,6 +43,12 @@ use crate::mapping::{DateTimeParts, Mapping, Row};
 pub struct MysqlSinkConfig {
     /// `mysql://user[:password]@host:port/database`. TCP is used even for `localhost`.
     pub url: SecretUrl,
+    /// A file holding the password (a mounted Kubernetes secret), read at startup; one
+    /// trailing newline is dropped. The URL then carries none.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the server (`[mysql.tls]`): off unless enabled; when on, the server's certificate
+    /// is verified against `ca_file` (or the built-in Mozilla roots) and must name the host.
+    pub tls: TlsConfig,
     /// Table rows are written to.
     pub table: String,
     /// Dead-letter table; `<table>_dead_letter` when unset.
@@ -123,6 +132,8 @@ impl Default for MysqlSinkConfig {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("mysql://root@127.0.0.1:3306/test"),
+            password_file: None,
+            tls: TlsConfig::default(),
             table: "delivery_events".into(),
             dead_letter_table: None,
             offsets_table: "pipeline_offsets".into(),
@@ -150,6 +161,26 @@ impl MysqlSinkConfig {
             .map_err(|e| format!("mysql.url: `{}` is not a valid mysql URL: {e}", self.url.redacted()))?;
         if opts.db_name().is_none() {
             return Err(format!("mysql.url: `{}` names no database; add /<database>", self.url.redacted()));
+        }
+        if let Some(file) = &self.password_file {
+            if file.as_os_str().is_empty() {
+                return Err("mysql.password_file: must not be empty; remove it, or give a file".into());
+            }
+            if opts.pass().is_some() {
+                return Err(format!(
+                    "mysql.password_file: `{}` has a password already; give it in one place only",
+                    self.url.redacted()
+                ));
+            }
+        }
+        self.tls.validate("mysql.tls", self.tls.enabled)?;
+        if self.tls.enabled && self.tls.verify == TlsVerify::Ca {
+            // mysql_async 0.37 recognises a name mismatch by rustls's old error text, which
+            // rustls 0.23 no longer produces: the name would be checked anyway.
+            return Err(
+                "mysql.tls.verify: \"ca\" is not supported for MySQL (the client checks the host name regardless); use \"full\" and connect by a name the certificate holds"
+                    .into(),
+            );
         }
         if !sql::is_identifier(&self.table) {
             return Err(format!(
@@ -253,6 +284,44 @@ impl MysqlSinkConfig {
         out.push(sql::create_offsets_table(&self.offsets_table));
         Ok(out)
     }
+
+    /// The client options of `url` with the password of `password_file` and the TLS of `tls`,
+    /// over TCP even for a local server. Reads those files (the one I/O of this config); every
+    /// pool to this server — the sink's, the `dlq` and `bench` commands' — starts from here.
+    pub fn opts(&self) -> Result<OptsBuilder, MysqlSinkError> {
+        let url = self.url.redacted();
+        let opts = Opts::from_url(self.url.expose())
+            .map_err(|source| MysqlSinkError::Url { url: url.clone(), source })?;
+        let mut builder = OptsBuilder::from_opts(opts)
+            // mysql_async would silently switch to the Unix socket for a local server.
+            .prefer_socket(false);
+        if let Some(file) = &self.password_file {
+            let password =
+                dp_core::read_secret_file("mysql.password_file", file).map_err(MysqlSinkError::Config)?;
+            builder = builder.pass(Some(password.expose()));
+        }
+        if self.tls.enabled {
+            builder = builder.ssl_opts(Some(self.ssl_opts()?));
+        }
+        Ok(builder)
+    }
+
+    fn ssl_opts(&self) -> Result<SslOpts, MysqlSinkError> {
+        let files = self.tls.read_files("mysql.tls").map_err(MysqlSinkError::Config)?;
+        let mut ssl = SslOpts::default();
+        if let Some(ca) = files.ca {
+            // A private CA replaces the built-in roots: nothing else is trusted.
+            ssl = ssl.with_root_certs(vec![ca.into()]).with_disable_built_in_roots(true);
+        }
+        if let Some((cert, key)) = files.client {
+            ssl = ssl.with_client_identity(Some(ClientIdentity::new(cert.into(), key.into())));
+        }
+        Ok(match self.tls.verify {
+            TlsVerify::Full => ssl,
+            TlsVerify::Ca => ssl.with_danger_skip_domain_validation(true),
+            TlsVerify::None => ssl.with_danger_accept_invalid_certs(true),
+        })
+    }
 }
 
 /// Errors of the MySQL sink outside the [`Sink`] calls.
@@ -268,14 +337,14 @@ pub enum MysqlSinkError {
         source: mysql_async::UrlError,
     },
     /// Connecting failed.
-    #[error(
-        "mysql.url: cannot connect to mysql at {url}: {message} (is MySQL running there, and does it accept this user?)"
-    )]
+    #[error("mysql.url: cannot connect to mysql at {url}: {message} ({hint})")]
     Connect {
         /// The URL, password redacted.
         url: String,
         /// What went wrong.
         message: String,
+        /// What to check: a TLS failure explained, or whether MySQL runs and takes this user.
+        hint: String,
     },
     /// The table settings are invalid.
     #[error("{0}")]
@@ -391,27 +460,19 @@ pub fn classify(context: &str, e: mysql_async::Error) -> SinkError {
 impl MysqlSink {
     /// Connects, reads `max_allowed_packet`, and creates the tables when configured to.
     pub async fn connect(config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
-        let url = config.url.redacted();
-        let opts = Opts::from_url(config.url.expose())
-            .map_err(|source| MysqlSinkError::Url { url: url.clone(), source })?;
         let constraints = PoolConstraints::new(0, config.max_connections.max(1)).unwrap_or_default();
-        let opts = OptsBuilder::from_opts(opts)
-            // mysql_async would silently switch to the Unix socket for a local server.
-            .prefer_socket(false)
-            .tcp_nodelay(true)
-            .stmt_cache_size(64)
-            .pool_opts(
-                PoolOpts::default()
-                    .with_constraints(constraints)
-                    // Keep idle connections, and their prepared statements, between batches:
-                    // by default the pool closes every connection it gets back (one TCP and
-                    // login handshake plus four statement preparations per batch, the 1000-row
-                    // INSERT's among them).
-                    .with_inactive_connection_ttl(Duration::from_secs(60))
-                    // A reset would drop the prepared statements too. Nothing here leaves
-                    // session state behind; an unfinished transaction is rolled back by the pool.
-                    .with_reset_connection(false),
-            );
+        let opts = config.opts()?.tcp_nodelay(true).stmt_cache_size(64).pool_opts(
+            PoolOpts::default()
+                .with_constraints(constraints)
+                // Keep idle connections, and their prepared statements, between batches:
+                // by default the pool closes every connection it gets back (one TCP and
+                // login handshake plus four statement preparations per batch, the 1000-row
+                // INSERT's among them).
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                // A reset would drop the prepared statements too. Nothing here leaves
+                // session state behind; an unfinished transaction is rolled back by the pool.
+                .with_reset_connection(false),
+        );
         let mut sink = Self::with_pool(Pool::new(opts), config).await?;
         sink.owns_pool = true;
         Ok(sink)
@@ -422,7 +483,11 @@ impl MysqlSink {
     /// The pool stays the caller's: closing the sink leaves it connected.
     pub async fn with_pool(pool: Pool, config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
         let url = config.url.redacted();
-        let connect_err = |message: String| MysqlSinkError::Connect { url: url.clone(), message };
+        let connect_err = |message: String| {
+            let hint = dp_core::explain_tls_error(&message, "mysql.tls")
+                .unwrap_or_else(|| "is MySQL running there, and does it accept this user?".to_owned());
+            MysqlSinkError::Connect { url: url.clone(), message, hint }
+        };
         let mut conn = tokio::time::timeout(config.connect_timeout, pool.get_conn())
             .await
             .map_err(|_| connect_err(format!("no answer within {:?}", config.connect_timeout)))?
@@ -1006,5 +1071,42 @@ mod tests {
         assert!(bad(&|c| c.url = SecretUrl::new("mysql://u:pw@h")).contains("names no database"));
         assert!(!bad(&|c| c.url = SecretUrl::new("mysql://u:pw@h")).contains("pw@"));
         assert!(bad(&|c| c.max_connections = 0).starts_with("mysql.max_connections"));
+        let e = bad(&|c| {
+            c.url = SecretUrl::new("mysql://u:pw@h/db");
+            c.password_file = Some("/run/secrets/mysql".into());
+        });
+        assert!(e.starts_with("mysql.password_file") && !e.contains("pw@"), "{e}");
+        let e = bad(&|c| c.tls.ca_file = Some("/ca.pem".into()));
+        assert!(e.starts_with("mysql.tls.ca_file") && e.contains("mysql.tls.enabled"), "{e}");
+        let e = bad(&|c| c.tls = TlsConfig { enabled: true, verify: TlsVerify::Ca, ..TlsConfig::default() });
+        assert!(e.starts_with("mysql.tls.verify"), "{e}");
+    }
+
+    #[test]
+    fn client_options_take_the_password_file_and_tls() {
+        let dir = std::env::temp_dir().join(format!("dp-mysql-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (pw, ca) = (dir.join("pw"), dir.join("ca.pem"));
+        std::fs::write(&pw, "s3cr3t\n").expect("write");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").expect("write");
+        let mut c = MysqlSinkConfig { password_file: Some(pw), ..MysqlSinkConfig::default() };
+        let opts = Opts::from(c.opts().expect("opts"));
+        assert_eq!(opts.pass(), Some("s3cr3t"), "one trailing newline dropped");
+        assert!(opts.ssl_opts().is_none(), "TLS is off by default");
+        assert!(!opts.prefer_socket());
+        c.tls = TlsConfig { enabled: true, ca_file: Some(ca), ..TlsConfig::default() };
+        let opts = Opts::from(c.opts().expect("opts"));
+        let ssl = opts.ssl_opts().expect("TLS on");
+        assert!(
+            ssl.disable_built_in_roots() && ssl.root_certs().len() == 1,
+            "only the private CA is trusted"
+        );
+        assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation(), "full verification by default");
+        c.tls.verify = TlsVerify::None;
+        assert!(Opts::from(c.opts().expect("opts")).ssl_opts().is_some_and(SslOpts::accept_invalid_certs));
+        c.tls.ca_file = Some(dir.join("missing.pem"));
+        let e = c.opts().expect_err("missing CA").to_string();
+        assert!(e.starts_with("mysql.tls.ca_file: cannot read "), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -1,8 +1,11 @@
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use dp_core::{Secret, TlsConfig, TlsVerify};
 use rdkafka::config::ClientConfig;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Settings of the Kafka source (`[kafka]` in the config file, `DP_KAFKA__*` in the environment).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,9 +32,114 @@ pub struct KafkaSourceConfig {
     /// delivered and committed before they are let go. Must be below `session_timeout`.
     #[serde(with = "humantime_serde")]
     pub revocation_timeout: Duration,
-    /// Extra librdkafka settings (e.g. `"security.protocol" = "ssl"`). The settings this source
-    /// relies on for its guarantees cannot be overridden here.
-    pub properties: BTreeMap<String, String>,
+    /// TLS to the brokers (`[kafka.tls]`): off unless enabled; when on, each broker's
+    /// certificate is verified against `ca_file` (or the system's trust store) and must name
+    /// the broker.
+    pub tls: TlsConfig,
+    /// SASL authentication (`[kafka.sasl]`): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub sasl: SaslConfig,
+    /// Extra librdkafka settings (e.g. `"partition.assignment.strategy" = "cooperative-sticky"`).
+    /// The settings this source relies on for its guarantees cannot be overridden here, nor,
+    /// while `tls` or `sasl` is used, the security settings they make. Values of secret-named
+    /// settings (`*password*`, `*secret*`, …) are shown as `***`.
+    pub properties: Properties,
+}
+
+/// SASL authentication to the brokers (`[kafka.sasl]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; unset: no SASL.
+    pub mechanism: Option<SaslMechanism>,
+    /// The SASL user name.
+    pub username: Option<String>,
+    /// The password itself (better from the environment, `DP_KAFKA__SASL__PASSWORD`, than in a
+    /// file under version control). Shown as `***`.
+    pub password: Option<Secret>,
+    /// A file holding the password (a mounted Kubernetes secret), read at startup; one
+    /// trailing newline is dropped.
+    pub password_file: Option<PathBuf>,
+}
+
+/// A SASL mechanism librdkafka implements without extra libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// The password in clear inside the (TLS) connection.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256: the password never crosses the wire.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's name of the mechanism (`sasl.mechanisms`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Extra librdkafka settings, name → value. `Debug` and `Serialize` show the values of
+/// secret-named settings (see [`dp_core::is_secret_name`]) as `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub BTreeMap<String, String>);
+
+impl Properties {
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.as_str(), if dp_core::is_secret_name(k) { "***" } else { v.as_str() }))
+            .collect()
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(String, String)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for Properties {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
 }
 
 impl Default for KafkaSourceConfig {
@@ -44,7 +152,9 @@ impl Default for KafkaSourceConfig {
             commit_interval: Duration::from_secs(5),
             poll_linger: Duration::from_millis(10),
             revocation_timeout: Duration::from_secs(10),
-            properties: BTreeMap::new(),
+            tls: TlsConfig::default(),
+            sasl: SaslConfig::default(),
+            properties: Properties::default(),
         }
     }
 }
@@ -56,6 +166,23 @@ const RESERVED: &[&str] = &[
     "group.id",
     "bootstrap.servers",
     "enable.partition.eof",
+];
+
+/// Settings `kafka.tls` and `kafka.sasl` make; `properties` may not set them while either is used.
+const SECURITY: &[&str] = &[
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.ca.pem",
+    "ssl.certificate.location",
+    "ssl.certificate.pem",
+    "ssl.key.location",
+    "ssl.key.pem",
+    "enable.ssl.certificate.verification",
+    "ssl.endpoint.identification.algorithm",
+    "sasl.mechanisms",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
 ];
 
 impl KafkaSourceConfig {
@@ -109,11 +236,127 @@ impl KafkaSourceConfig {
                 "kafka.properties.{k}: set by delivery-pipeline itself and cannot be overridden"
             ));
         }
+        self.tls.validate("kafka.tls", self.tls.enabled)?;
+        self.validate_sasl()?;
+        let secured = self.tls.enabled || self.sasl.mechanism.is_some();
+        if let Some(k) = self.properties.keys().find(|k| secured && SECURITY.contains(&k.as_str())) {
+            return Err(format!(
+                "kafka.properties.{k}: made by kafka.tls / kafka.sasl, which are in use; remove it from kafka.properties"
+            ));
+        }
         Ok(())
     }
 
-    /// The librdkafka configuration for a consumer.
-    pub fn client_config(&self) -> ClientConfig {
+    fn validate_sasl(&self) -> Result<(), String> {
+        let s = &self.sasl;
+        if s.password_file.as_deref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err("kafka.sasl.password_file: must not be empty; remove it, or give a file".into());
+        }
+        let Some(mechanism) = s.mechanism else {
+            if s.username.is_some() || s.password.is_some() || s.password_file.is_some() {
+                return Err(
+                    "kafka.sasl.mechanism: required with a SASL user or password (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+                        .into(),
+                );
+            }
+            return Ok(());
+        };
+        if s.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+            return Err(format!(
+                "kafka.sasl.username: required with kafka.sasl.mechanism = {}",
+                mechanism.as_str()
+            ));
+        }
+        match (&s.password, &s.password_file) {
+            (Some(_), Some(_)) => Err(
+                "kafka.sasl.password_file: kafka.sasl.password is set too; give the password in one place only".into(),
+            ),
+            (None, None) => Err(format!(
+                "kafka.sasl.password: required with kafka.sasl.mechanism = {} (or kafka.sasl.password_file)",
+                mechanism.as_str()
+            )),
+            (Some(p), None) if p.expose().is_empty() => Err("kafka.sasl.password: must not be empty".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The librdkafka settings of `tls` and `sasl` (`security.protocol`, `ssl.*`, `sasl.*`),
+    /// with the SASL password read from `sasl.password_file` when set. Nothing when neither is
+    /// used: `properties` may then say what it likes. Errors name the setting.
+    pub fn security_properties(&self) -> Result<Vec<(&'static str, String)>, String> {
+        let password = match (&self.sasl.password, &self.sasl.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(file)) => Some(dp_core::read_secret_file("kafka.sasl.password_file", file)?),
+            (None, None) => None,
+        };
+        Ok(self.security_properties_with(password.as_ref()))
+    }
+
+    fn security_properties_with(&self, password: Option<&Secret>) -> Vec<(&'static str, String)> {
+        let tls = &self.tls;
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let protocol = match (tls.enabled, self.sasl.mechanism.is_some()) {
+            (false, false) => return out,
+            (true, false) => "SSL",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, true) => "SASL_SSL",
+        };
+        out.push(("security.protocol", protocol.to_owned()));
+        if tls.enabled {
+            let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+            if let Some(ca) = &tls.ca_file {
+                out.push(("ssl.ca.location", path(ca)));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                out.push(("ssl.certificate.location", path(cert)));
+                out.push(("ssl.key.location", path(key)));
+            }
+            let (verify_chain, verify_name) = match tls.verify {
+                TlsVerify::Full => (true, true),
+                TlsVerify::Ca => (true, false),
+                TlsVerify::None => (false, false),
+            };
+            out.push(("enable.ssl.certificate.verification", verify_chain.to_string()));
+            out.push((
+                "ssl.endpoint.identification.algorithm",
+                (if verify_name { "https" } else { "none" }).to_owned(),
+            ));
+        }
+        if let Some(mechanism) = self.sasl.mechanism {
+            out.push(("sasl.mechanisms", mechanism.as_str().to_owned()));
+            out.push(("sasl.username", self.sasl.username.clone().unwrap_or_default()));
+            out.push(("sasl.password", password.map(|p| p.expose().to_owned()).unwrap_or_default()));
+        }
+        out
+    }
+
+    /// The configuration every client of the configured cluster starts from — the consumer,
+    /// the dead-letter producer, the command line's producers and admin clients: the brokers,
+    /// `properties`, then the security settings of `tls` and `sasl`. Reads the SASL password
+    /// file; the error names the setting.
+    pub fn common_client_config(&self) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        self.add_security(&mut c)?;
+        Ok(c)
+    }
+
+    fn add_security(&self, c: &mut ClientConfig) -> Result<(), String> {
+        if self.sasl.mechanism == Some(SaslMechanism::Plain) && !self.tls.enabled {
+            tracing::warn!("kafka.sasl: PLAIN without kafka.tls sends the password in clear text");
+        }
+        for (k, v) in self.security_properties()? {
+            c.set(k, v);
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration for a consumer. Reads the SASL password file; the error
+    /// names the setting.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
@@ -133,7 +376,8 @@ impl KafkaSourceConfig {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        c
+        self.add_security(&mut c)?;
+        Ok(c)
     }
 }
 
@@ -187,9 +431,164 @@ mod tests {
         );
     }
 
+    fn get(props: &[(&'static str, String)], key: &str) -> Option<String> {
+        props.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    fn tls_on() -> TlsConfig {
+        TlsConfig { enabled: true, ..TlsConfig::default() }
+    }
+
+    fn sasl(mechanism: SaslMechanism) -> SaslConfig {
+        SaslConfig {
+            mechanism: Some(mechanism),
+            username: Some("pipeline".into()),
+            password: Some(Secret::new("s3cr3t")),
+            password_file: None,
+        }
+    }
+
+    #[test]
+    fn tls_and_sasl_make_librdkafka_security_settings() {
+        let plain = KafkaSourceConfig::default();
+        assert!(plain.security_properties().expect("props").is_empty(), "nothing set: nothing added");
+        assert_eq!(plain.client_config().expect("config").get("security.protocol"), None);
+
+        let mut c = KafkaSourceConfig {
+            tls: TlsConfig {
+                ca_file: Some("/etc/kafka/ca.pem".into()),
+                cert_file: Some("/etc/kafka/client.pem".into()),
+                key_file: Some("/etc/kafka/client.key".into()),
+                ..tls_on()
+            },
+            ..KafkaSourceConfig::default()
+        };
+        c.validate().expect("valid");
+        let p = c.security_properties().expect("props");
+        assert_eq!(get(&p, "security.protocol").as_deref(), Some("SSL"));
+        assert_eq!(get(&p, "ssl.ca.location").as_deref(), Some("/etc/kafka/ca.pem"));
+        assert_eq!(get(&p, "ssl.certificate.location").as_deref(), Some("/etc/kafka/client.pem"));
+        assert_eq!(get(&p, "ssl.key.location").as_deref(), Some("/etc/kafka/client.key"));
+        assert_eq!(get(&p, "enable.ssl.certificate.verification").as_deref(), Some("true"));
+        assert_eq!(get(&p, "ssl.endpoint.identification.algorithm").as_deref(), Some("https"));
+        assert_eq!(get(&p, "sasl.mechanisms"), None);
+
+        c.tls.verify = TlsVerify::Ca;
+        let p = c.security_properties().expect("props");
+        assert_eq!(get(&p, "enable.ssl.certificate.verification").as_deref(), Some("true"));
+        assert_eq!(get(&p, "ssl.endpoint.identification.algorithm").as_deref(), Some("none"));
+        c.tls.verify = TlsVerify::None;
+        let p = c.security_properties().expect("props");
+        assert_eq!(get(&p, "enable.ssl.certificate.verification").as_deref(), Some("false"));
+
+        c.sasl = sasl(SaslMechanism::ScramSha512);
+        let p = c.security_properties().expect("props");
+        assert_eq!(get(&p, "security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(get(&p, "sasl.mechanisms").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(get(&p, "sasl.username").as_deref(), Some("pipeline"));
+        assert_eq!(get(&p, "sasl.password").as_deref(), Some("s3cr3t"));
+
+        let c = KafkaSourceConfig { sasl: sasl(SaslMechanism::ScramSha256), ..KafkaSourceConfig::default() };
+        c.validate().expect("SASL without TLS is allowed");
+        let consumer = c.client_config().expect("config");
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_PLAINTEXT"));
+        assert_eq!(consumer.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"), "the guarantee settings stay");
+        let common = c.common_client_config().expect("config");
+        assert_eq!(common.get("sasl.password"), Some("s3cr3t"), "producers and admin clients too");
+        assert_eq!(common.get("enable.auto.offset.store"), None, "no consumer settings there");
+        let text = format!("{c:?}{}", serde_json::to_string(&c).expect("json"));
+        assert!(!text.contains("s3cr3t"), "password printed: {text}");
+    }
+
+    #[test]
+    fn the_sasl_password_comes_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("dp-kafka-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let mut c = KafkaSourceConfig {
+            sasl: sasl(SaslMechanism::Plain),
+            tls: tls_on(),
+            ..KafkaSourceConfig::default()
+        };
+        c.sasl.password = None;
+        c.sasl.password_file = Some(file);
+        c.validate().expect("valid");
+        assert_eq!(
+            get(&c.security_properties().expect("props"), "sasl.password").as_deref(),
+            Some("from-file"),
+            "one trailing newline dropped"
+        );
+        c.sasl.password_file = Some(dir.join("missing"));
+        let e = c.client_config().expect_err("missing file");
+        assert!(e.starts_with("kafka.sasl.password_file: cannot read "), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn security_settings_are_checked_and_name_their_key() {
+        let bad = |f: &dyn Fn(&mut KafkaSourceConfig)| {
+            let mut c = KafkaSourceConfig::default();
+            f(&mut c);
+            c.validate().expect_err("must be rejected")
+        };
+        let starts = |e: String, key: &str| assert!(e.starts_with(key), "expected {key}: {e}");
+        starts(bad(&|c| c.sasl.username = Some("u".into())), "kafka.sasl.mechanism");
+        starts(
+            bad(&|c| {
+                c.sasl = sasl(SaslMechanism::Plain);
+                c.sasl.username = None;
+            }),
+            "kafka.sasl.username",
+        );
+        starts(
+            bad(&|c| {
+                c.sasl = sasl(SaslMechanism::Plain);
+                c.sasl.password = None;
+            }),
+            "kafka.sasl.password",
+        );
+        starts(
+            bad(&|c| {
+                c.sasl = sasl(SaslMechanism::Plain);
+                c.sasl.password_file = Some("/run/secrets/kafka".into());
+            }),
+            "kafka.sasl.password_file",
+        );
+        starts(bad(&|c| c.tls.ca_file = Some("/ca.pem".into())), "kafka.tls.ca_file");
+        starts(
+            bad(&|c| {
+                c.tls = tls_on();
+                c.properties.insert("security.protocol".into(), "plaintext".into());
+            }),
+            "kafka.properties.security.protocol",
+        );
+        // Without kafka.tls / kafka.sasl, properties may still carry security settings.
+        let mut c = KafkaSourceConfig::default();
+        c.properties.insert("security.protocol".into(), "ssl".into());
+        c.validate().expect("properties alone");
+    }
+
+    #[test]
+    fn secret_properties_are_hidden() {
+        let mut c = KafkaSourceConfig::default();
+        c.properties.insert("sasl.oauthbearer.client.secret".into(), "t0p".into());
+        c.properties.insert("ssl.key.password".into(), "k3y".into());
+        c.properties.insert("fetch.max.bytes".into(), "1048576".into());
+        let text = format!("{c:?}\n{}", serde_json::to_string(&c).expect("json"));
+        assert!(!text.contains("t0p") && !text.contains("k3y"), "{text}");
+        assert!(text.contains("1048576"), "{text}");
+        assert_eq!(
+            c.client_config().expect("config").get("ssl.key.password"),
+            Some("k3y"),
+            "the client gets it"
+        );
+    }
+
     #[test]
     fn the_guarantee_settings_are_fixed() {
-        let c = KafkaSourceConfig::default().client_config();
+        let c = KafkaSourceConfig::default().client_config().expect("config");
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
     }

@@ -40,24 +40,23 @@ pub struct KafkaDeadLetters {
     producer: FutureProducer,
     template: String,
     brokers: String,
+    /// The admin client's configuration: the same brokers and security as the producer.
+    admin: ClientConfig,
 }
 
 impl KafkaDeadLetters {
-    /// A producer to the brokers of `config` (with its `properties`, e.g. TLS settings), writing
-    /// each dead letter to `template` with `{topic}` replaced by its source topic.
+    /// A producer to the brokers of `config` (with its `properties`, TLS and SASL settings),
+    /// writing each dead letter to `template` with `{topic}` replaced by its source topic.
     pub fn new(config: &KafkaSourceConfig, template: &str) -> Result<Self, KafkaSourceError> {
-        let mut c = ClientConfig::new();
-        for (k, v) in &config.properties {
-            c.set(k, v);
-        }
-        c.set("bootstrap.servers", &config.brokers)
-            .set("acks", "all")
+        let mut c = config.common_client_config().map_err(KafkaSourceError::Setting)?;
+        c.set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
         let producer: FutureProducer = c
             .create()
             .map_err(|source| KafkaSourceError::Create { brokers: config.brokers.clone(), source })?;
-        Ok(Self { producer, template: template.to_owned(), brokers: config.brokers.clone() })
+        let admin = config.common_client_config().map_err(KafkaSourceError::Setting)?;
+        Ok(Self { producer, template: template.to_owned(), brokers: config.brokers.clone(), admin })
     }
 
     /// The dead-letter topic of `source_topic`.
@@ -69,8 +68,12 @@ impl KafkaDeadLetters {
     /// many partitions as its source topic and the broker's default replication.
     pub async fn ensure_topics(&self, source_topics: &[String]) -> Result<(), KafkaSourceError> {
         let timeout = Duration::from_secs(10);
-        let unreachable =
-            |source| KafkaSourceError::Unreachable { brokers: self.brokers.clone(), timeout, source };
+        let unreachable = |source| KafkaSourceError::Unreachable {
+            brokers: self.brokers.clone(),
+            timeout,
+            source: Box::new(source),
+            hint: crate::hint(None),
+        };
         let mut wanted = Vec::new();
         for source in source_topics {
             let metadata =
@@ -78,8 +81,8 @@ impl KafkaDeadLetters {
             let partitions = metadata.topics().first().map_or(1, |t| t.partitions().len().max(1));
             wanted.push((self.topic_for(source), i32::try_from(partitions).unwrap_or(1)));
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let admin: AdminClient<DefaultClientContext> = self
+            .admin
             .create()
             .map_err(|source| KafkaSourceError::Create { brokers: self.brokers.clone(), source })?;
         let news: Vec<NewTopic<'_>> =

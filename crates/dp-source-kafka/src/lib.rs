@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use poller::{Event, PollerContext, Shared};
 
-pub use config::{KafkaSourceConfig, is_topic_name, string_or_list};
+pub use config::{KafkaSourceConfig, Properties, SaslConfig, SaslMechanism, is_topic_name, string_or_list};
 pub use dead_letters::{KafkaDeadLetters, dead_letter_topic};
 
 /// Errors of the Kafka source.
@@ -72,17 +72,74 @@ pub enum KafkaSourceError {
         reason: String,
     },
     /// The brokers did not answer a metadata request.
-    #[error(
-        "kafka.brokers: {brokers} did not answer within {timeout:?}: {source} (is a broker running there?)"
-    )]
+    #[error("kafka.brokers: {brokers} did not answer within {timeout:?}: {source} ({hint})")]
     Unreachable {
         /// The configured bootstrap servers.
         brokers: String,
         /// How long we waited.
         timeout: Duration,
-        /// The client's error.
-        source: KafkaError,
+        /// The client's error (boxed: it is large, and this error is rare).
+        source: Box<KafkaError>,
+        /// What to check: the last TLS or SASL failure librdkafka reported, or whether a
+        /// broker runs there.
+        hint: String,
     },
+    /// A setting that names a file (a password, a certificate) could not be used; the message
+    /// names the setting.
+    #[error("{0}")]
+    Setting(String),
+}
+
+/// Keeps the last error librdkafka reported (a TLS handshake or SASL failure is only reported
+/// there), so a failed check can say why.
+#[derive(Default)]
+pub(crate) struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    pub(crate) fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+impl LastError {
+    fn keep(&self, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        // TLS handshake and SASL failures arrive here, from librdkafka's own threads.
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+            self.keep(log_message);
+        }
+        rdkafka::ClientContext::log(&rdkafka::client::DefaultClientContext, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error");
+        self.keep(reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// What to check after the brokers did not answer, from the last error librdkafka reported.
+pub(crate) fn hint(last: Option<&str>) -> String {
+    let Some(last) = last else { return "is a broker running there?".to_owned() };
+    if let Some(explained) = dp_core::explain_tls_error(last, "kafka.tls") {
+        return format!("{explained}; librdkafka: {last}");
+    }
+    let l = last.to_ascii_lowercase();
+    if l.contains("sasl") && (l.contains("authentication") || l.contains("auth")) {
+        return format!(
+            "the brokers refused the SASL login: check kafka.sasl.mechanism, username and password; librdkafka: {last}"
+        );
+    }
+    format!("is a broker running there? librdkafka: {last}")
 }
 
 /// What the consumer knows of its own health, readable while the source runs elsewhere.
@@ -128,6 +185,7 @@ impl KafkaSource {
         let context = PollerContext { shared: Arc::clone(&shared), events: tx };
         let consumer: BaseConsumer<PollerContext> = config
             .client_config()
+            .map_err(KafkaSourceError::Setting)?
             .create_with_context(context)
             .map_err(|source| KafkaSourceError::Create { brokers: config.brokers.clone(), source })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -162,15 +220,28 @@ impl KafkaSource {
         config: &KafkaSourceConfig,
         timeout: Duration,
     ) -> Result<(), KafkaSourceError> {
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<LastError> = config
             .client_config()
-            .create()
+            .map_err(KafkaSourceError::Setting)?
+            .create_with_context(LastError::default())
             .map_err(|source| KafkaSourceError::Create { brokers: config.brokers.clone(), source })?;
         let brokers = config.brokers.clone();
-        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-            .map_err(|source| KafkaSourceError::Unreachable { brokers, timeout, source })
+        let (result, last) = tokio::task::spawn_blocking(move || {
+            let result = consumer.fetch_metadata(None, timeout).map(|_| ());
+            if result.is_err() {
+                // Serves the error callback, should the cause be reported only there.
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+            (result, consumer.context().take())
+        })
+        .await
+        .unwrap_or((Err(KafkaError::Canceled), None));
+        result.map_err(|source| KafkaSourceError::Unreachable {
+            brokers,
+            timeout,
+            source: Box::new(source),
+            hint: hint(last.as_deref()),
+        })
     }
 
     /// A handle on the consumer's health (broker reachability, pause state).
