@@ -40,6 +40,11 @@ pub use stats::{PipelineStats, StatsSnapshot};
 /// ([`PipelineBuilder::mysql_pool`]).
 pub use dp_sink_mysql::mysql_async;
 
+/// The sections of [`Config`] that the parts define, for hosts that build them in code.
+pub use dp_buffer_redis::RedisBufferConfig;
+pub use dp_sink_mysql::MysqlSinkConfig;
+pub use dp_source_kafka::KafkaSourceConfig;
+
 /// Why a pipeline could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -41,10 +41,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dp_core::SecretUrl;
 use dp_pipeline::mysql_async::prelude::Queryable;
-use dp_pipeline::mysql_async::{self, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
-use dp_pipeline::{Config, PipelineBuilder, PipelineStats, Readiness, RunSummary, StatsSnapshot};
+use dp_pipeline::mysql_async::{self, Pool, PoolConstraints, PoolOpts};
+use dp_pipeline::{
+    Config, MysqlSinkConfig, PipelineBuilder, PipelineStats, Readiness, RunSummary, StatsSnapshot,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -63,20 +64,17 @@ pub const MAX_LIMIT: u32 = 200;
 /// behind; the pool rolls back a transaction left open.
 ///
 /// The pool is the caller's: disconnect it ([`Pool::disconnect`]) once [`serve`] has returned.
-pub fn mysql_pool(url: &SecretUrl, max_connections: usize) -> anyhow::Result<Pool> {
-    let opts = Opts::from_url(url.expose())
-        .with_context(|| format!("`{}` is not a valid mysql URL", url.redacted()))?;
+pub fn mysql_pool(mysql: &MysqlSinkConfig, max_connections: usize) -> anyhow::Result<Pool> {
+    // The sink's own connection options: the URL, `password_file` and `[mysql.tls]`.
+    let opts = mysql.opts().context("invalid [mysql] settings")?;
     let constraints =
         PoolConstraints::new(0, max_connections.max(1)).context("the pool needs at least one connection")?;
-    let opts = OptsBuilder::from_opts(opts)
-        // mysql_async would silently switch to the Unix socket for a local server.
-        .prefer_socket(false)
-        .pool_opts(
-            PoolOpts::default()
-                .with_constraints(constraints)
-                .with_inactive_connection_ttl(Duration::from_secs(60))
-                .with_reset_connection(false),
-        );
+    let opts = opts.pool_opts(
+        PoolOpts::default()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(Duration::from_secs(60))
+            .with_reset_connection(false),
+    );
     Ok(Pool::new(opts))
 }
 

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let config = args.config();
 
     // The service's pool, as it had before it embedded the pipeline; the pipeline borrows it.
-    let pool = example_axum_service::mysql_pool(&config.mysql.url, args.mysql_connections)?;
+    let pool = example_axum_service::mysql_pool(&config.mysql, args.mysql_connections)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -127,7 +127,7 @@ async fn the_api_serves_what_the_embedded_pipeline_stores_and_one_shutdown_stops
     config.http.enabled = false;
 
     // The service's pool: the test keeps a clone, as the service's `main` does.
-    let pool = example_axum_service::mysql_pool(&config.mysql.url, POOL_CONNECTIONS).expect("pool");
+    let pool = example_axum_service::mysql_pool(&config.mysql, POOL_CONNECTIONS).expect("pool");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
