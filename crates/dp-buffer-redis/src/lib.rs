@@ -81,7 +81,7 @@ pub struct RedisBufferConfig {
     pub mode: RedisMode,
     /// More seed nodes (`cluster`) or Sentinels (`sentinel`) besides `url`'s, `host:port` each;
     /// in the environment a comma-separated list. Empty with `standalone`.
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "dp_core::string_or_list")]
     pub nodes: Vec<String>,
     /// With `sentinel`: the name the Sentinels monitor the primary under
     /// (`sentinel monitor <name> …`).
@@ -304,20 +304,6 @@ fn url_has_port(url: &str) -> bool {
         Some((_, after)) => after.starts_with(':'),
         None => host_port.contains(':'),
     }
-}
-
-/// A list, or in the environment one comma-separated string.
-fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-        Either::Many(v) => v,
-    })
 }
 
 impl RedisBufferConfig {

@@ -21,6 +21,7 @@ pub mod error;
 pub mod offsets;
 pub mod record;
 pub mod secret;
+pub mod settings;
 pub mod tls;
 pub mod traits;
 
@@ -34,6 +35,7 @@ pub use error::{BufferError, ErrorKind, SinkError, SourceError};
 pub use offsets::OffsetTracker;
 pub use record::{Coordinates, Header, Record};
 pub use secret::{Secret, SecretUrl, is_secret_name, read_secret_file, redact_url};
+pub use settings::string_or_list;
 pub use tls::{TlsConfig, TlsFiles, TlsVerify, explain_tls_error};
 pub use traits::{
     BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Orphan, Sink, Source, Watermarks,

@@ -24,7 +24,7 @@ use time::format_description::OwnedFormatItem;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
-use crate::mapping::{DateTimeParts, MAX_JSON_DEPTH, Rejection};
+use crate::mapping::{DateTimeParts, MAX_JSON_DEPTH, NOT_OBJECT, Rejection, refuse_non_objects};
 use crate::sql::is_identifier;
 
 /// One column of a declarative mapping (`[[mysql.columns]]`, `[[mysql.routes.columns]]`).
@@ -680,8 +680,6 @@ fn parse_top_level<'a>(text: &'a str, wanted: &[String]) -> Result<Fields<'a>, R
     })
 }
 
-const NOT_OBJECT: &str = "expected a JSON object";
-
 struct TopLevel<'w> {
     wanted: &'w [String],
 }
@@ -716,27 +714,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
         Ok(out)
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
+    refuse_non_objects!();
 }
 
 /// Follows `path` from the top-level fields; `None` where a segment is absent or the value

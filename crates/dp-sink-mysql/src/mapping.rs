@@ -244,7 +244,37 @@ fn parse_fields<'a>(text: &'a str, event_id_field: &str) -> Result<Fields<'a>, R
     Ok(fields)
 }
 
-const NOT_OBJECT: &str = "expected a JSON object";
+/// The message a payload visitor refuses anything but an object with; callers recognise it.
+pub(crate) const NOT_OBJECT: &str = "expected a JSON object";
+
+/// The `Visitor` methods of a payload visitor that refuse every value but an object, each
+/// with [`NOT_OBJECT`].
+macro_rules! refuse_non_objects {
+    () => {
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(de::Error::custom(NOT_OBJECT))
+        }
+    };
+}
+pub(crate) use refuse_non_objects;
 const WRONG_TYPE: &str = "must be a string";
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -302,27 +332,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     }
 
     // Anything but an object is refused with the same message, recognised by the caller.
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(de::Error::custom(NOT_OBJECT))
-    }
+    refuse_non_objects!();
 }
 
 /// A field value: a string (borrowed when it has no escapes), null, or the name of another type.

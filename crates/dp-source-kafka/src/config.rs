@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dp_core::{Secret, TlsConfig, TlsVerify};
 use rdkafka::config::ClientConfig;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Settings of the Kafka source (`[kafka]` in the config file, `DP_KAFKA__*` in the environment).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,7 +14,7 @@ pub struct KafkaSourceConfig {
     /// Bootstrap servers, comma-separated `host:port`.
     pub brokers: String,
     /// Topics to consume; in the environment a comma-separated list.
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(deserialize_with = "dp_core::string_or_list")]
     pub topics: Vec<String>,
     /// Consumer group id.
     pub group_id: String,
@@ -386,20 +386,6 @@ pub fn is_topic_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 249
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-/// Accepts a list, or a comma-separated string (as environment variables give).
-pub fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-        Either::Many(v) => v,
-    })
 }
 
 #[cfg(test)]

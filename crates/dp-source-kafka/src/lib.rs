@@ -38,8 +38,9 @@ use tokio::time::Instant;
 
 use poller::{Event, PollerContext, Shared};
 
-pub use config::{KafkaSourceConfig, Properties, SaslConfig, SaslMechanism, is_topic_name, string_or_list};
+pub use config::{KafkaSourceConfig, Properties, SaslConfig, SaslMechanism, is_topic_name};
 pub use dead_letters::{KafkaDeadLetters, dead_letter_topic};
+pub use dp_core::string_or_list;
 
 /// Errors of the Kafka source.
 #[derive(Debug, thiserror::Error)]
