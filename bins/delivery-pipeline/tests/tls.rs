@@ -264,7 +264,12 @@ async fn redis_with_an_untrusted_or_expired_certificate_fails_clearly() {
     );
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let last = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned();
+    // At debug level the client may still log after the process's final line; that line is
+    // the one `error:` line.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line:\n{text}");
+    let last = errors[0].to_owned();
     assert!(
         last.starts_with(&format!(
             "error: redis.url: cannot connect to redis at rediss://:***@127.0.0.1:{port}"
