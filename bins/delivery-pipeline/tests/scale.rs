@@ -330,38 +330,11 @@ fn assigned_lines(env: &TestEnv, name: &str) -> usize {
 /// The partitions an instance holds now, from its log: each "assigned" line adds its
 /// partitions, each "revoked" line takes its partitions away.
 fn owned(env: &TestEnv, name: &str) -> BTreeSet<i32> {
-    let text = std::fs::read_to_string(env.log_path_named(name)).unwrap_or_default();
-    let mut owned = BTreeSet::new();
-    for line in text.lines() {
-        if line.contains(ASSIGNED) {
-            owned.extend(partitions(line));
-        } else if line.contains("kafka partitions revoked") {
-            for p in partitions(line) {
-                owned.remove(&p);
-            }
-        }
-    }
-    owned
+    common::owned_partitions(&env.log_path_named(name))
 }
 
-/// The partition numbers of a line's `partitions=[("topic", 0), ("topic", 1)]` field.
-fn partitions(line: &str) -> Vec<i32> {
-    let Some(list) =
-        line.split_once("partitions=[").and_then(|(_, rest)| rest.split_once(']')).map(|(l, _)| l)
-    else {
-        return Vec::new();
-    };
-    list.split("\", ")
-        .skip(1)
-        .filter_map(|s| s.split(')').next().and_then(|p| p.trim().parse().ok()))
-        .collect()
-}
-
-/// Whether the sets are pairwise disjoint and together hold every partition.
 fn disjoint_cover(sets: &[BTreeSet<i32>]) -> bool {
-    let total: usize = sets.iter().map(BTreeSet::len).sum();
-    let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
-    total == union.len() && union == (0..PARTITIONS).collect()
+    common::disjoint_cover(sets, PARTITIONS)
 }
 
 fn loadavg() -> String {
@@ -372,6 +345,6 @@ fn loadavg() -> String {
 #[test]
 fn partitions_are_read_from_a_log_line() {
     let line = r#"2026-11-27T10:31:55Z INFO dp_source_kafka::poller: kafka partitions assigned partitions=[("t-a", 0), ("t-a", 11)]"#;
-    assert_eq!(partitions(line), [0, 11]);
-    assert!(partitions("no list here").is_empty());
+    assert_eq!(common::partitions_in(line), [0, 11]);
+    assert!(common::partitions_in("no list here").is_empty());
 }

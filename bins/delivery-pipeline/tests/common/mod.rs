@@ -245,6 +245,47 @@ impl TestEnv {
     }
 }
 
+/// The partitions the instance logging to `log` holds now, from its assignment and revocation
+/// lines since its last start (eager assignments revoke everything first, cooperative ones
+/// add and remove increments: applying the lines in order gives the holding either way).
+pub fn owned_partitions(log: &std::path::Path) -> BTreeSet<i32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut owned = BTreeSet::new();
+    for line in text.lines() {
+        if line.contains("delivery-pipeline started") {
+            owned.clear();
+        } else if line.contains("kafka partitions assigned") {
+            owned.extend(partitions_in(line));
+        } else if line.contains("kafka partitions revoked") {
+            for p in partitions_in(line) {
+                owned.remove(&p);
+            }
+        }
+    }
+    owned
+}
+
+/// The partition numbers of a line's `partitions=[("topic", 0), ("topic", 1)]` field.
+pub fn partitions_in(line: &str) -> Vec<i32> {
+    let Some(list) =
+        line.split_once("partitions=[").and_then(|(_, rest)| rest.split_once(']')).map(|(l, _)| l)
+    else {
+        return Vec::new();
+    };
+    list.split("\", ")
+        .skip(1)
+        .filter_map(|s| s.split(')').next().and_then(|p| p.trim().parse().ok()))
+        .collect()
+}
+
+/// Whether the sets are pairwise disjoint and together hold partitions `0..partitions`: a
+/// group that has settled.
+pub fn disjoint_cover(sets: &[BTreeSet<i32>], partitions: i32) -> bool {
+    let total: usize = sets.iter().map(BTreeSet::len).sum();
+    let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+    total == union.len() && union == (0..partitions).collect()
+}
+
 /// Polls `probe` every 200 ms until it returns true; panics with `what` after `limit`.
 pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut probe: F)
 where
