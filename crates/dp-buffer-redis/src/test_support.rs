@@ -1,4 +1,4 @@
-//! redis-server processes of a test's own, never the shared Redis: a Redis Cluster of
+//! redis-server processes of a test's own, never the shared Redis: a plain server, a Redis Cluster of
 //! primaries and a primary watched by Sentinels, on free ports of 127.0.0.1 with their files in
 //! a temporary directory. Every process is killed (SIGKILL) when its owner is dropped.
 //!
@@ -144,6 +144,28 @@ pub fn free_cluster_port() -> u16 {
         }
     }
     panic!("no free port pair (p, p + 10000) on 127.0.0.1");
+}
+
+/// One plain redis-server (no persistence) of a test's own, for settings the shared Redis must
+/// not be given (ACL users, say).
+pub struct RedisServer {
+    node: RedisNode,
+    // Dropped after the node, so the process dies first.
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts it on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("dp-redis").tempdir().expect("temp dir");
+        let node = RedisNode::start(free_cluster_port(), dir.path(), &["--appendonly", "no"]);
+        Self { node, _dir: dir }
+    }
+
+    /// The server.
+    pub fn node(&self) -> &RedisNode {
+        &self.node
+    }
 }
 
 /// A Redis Cluster of primaries only (no replicas) on 127.0.0.1, AOF on with

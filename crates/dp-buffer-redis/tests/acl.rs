@@ -3,9 +3,9 @@
 //! the listed commands appends, reads back, restores, renews its lease, claims an orphan,
 //! checks persistence and removes — and cannot read keys outside its prefix.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use dp_buffer_redis::test_support::RedisServer;
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig};
 use dp_core::{Buffer, Record, SecretUrl};
 
@@ -14,57 +14,21 @@ const DOCUMENTED_RULE: &str = "on >acl-test-pw resetkeys ~msg:* resetchannels -@
     +mset +mget +unlink +del +get +set +exists +rename +scan +smembers +sadd +srem \
     +eval +evalsha +ping +config|get +info +hello +auth +client|setname +cluster|slots +cluster|shards";
 
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> OwnRedis {
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    // Owned from here on: dropping it (a panic included) kills and reaps the server.
-    let redis = OwnRedis { child, port };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return redis;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not start on port {port}");
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out =
-        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn rec(offset: i64) -> Record {
     Record::new("t", 0, offset, Some(format!(r#"{{"n":{offset}}}"#).into_bytes()))
 }
 
 #[tokio::test]
 async fn the_documented_acl_runs_every_buffer_operation() {
-    let redis = start_redis();
+    let redis = RedisServer::start();
+    let redis = redis.node();
     let mut acl = vec!["ACL", "SETUSER", "delivery-pipeline"];
     acl.extend(DOCUMENTED_RULE.split_whitespace());
-    assert_eq!(cli(redis.port, &acl), "OK");
-    assert_eq!(cli(redis.port, &["SET", "other:secret", "x"]), "OK");
+    assert_eq!(redis.cli(&acl).trim(), "OK");
+    assert_eq!(redis.cli(&["SET", "other:secret", "x"]).trim(), "OK");
 
     let config = RedisBufferConfig {
-        url: SecretUrl::new(format!("redis://delivery-pipeline:acl-test-pw@127.0.0.1:{}", redis.port)),
+        url: SecretUrl::new(format!("redis://delivery-pipeline:acl-test-pw@127.0.0.1:{}", redis.port())),
         lease_ttl: Duration::from_secs(1),
         ..Default::default()
     };
