@@ -27,5 +27,6 @@ pub fn sample_record(offset: i64) -> Record {
         headers: vec![Header { name: "source".into(), value: Some(b"scanner-7".to_vec()) }],
         timestamp_ms: Some(1_764_000_000_000 + offset),
         payload: Some(payload.into_bytes()),
+        follows: None,
     }
 }

@@ -162,6 +162,7 @@ mod tests {
             ],
             timestamp_ms: Some(1_764_000_000_123),
             payload: Some(br#"{"event_id":"e1"}"#.to_vec()),
+            follows: None,
         }
     }
 
@@ -238,6 +239,7 @@ mod tests {
                 headers: headers.into_iter().map(|(name, value)| Header { name, value }).collect(),
                 timestamp_ms,
                 payload,
+                follows: None,
             };
             prop_assert_eq!(decode_record(&encode_record(&r)).expect("decodes"), r);
         }

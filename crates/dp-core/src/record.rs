@@ -47,6 +47,14 @@ pub struct Record {
     /// Message value; `None` for a tombstone.
     #[serde(with = "serde_bytes")]
     pub payload: Option<Vec<u8>>,
+    /// The offset of the record the source handed out just before this one in the same
+    /// partition and the same uninterrupted read (no rebalance or seek in between), when the
+    /// source knows it. The offsets strictly between the two held nothing to deliver
+    /// (transaction markers, aborted or compacted records), so a sink that records exactly
+    /// which offsets it stored may count them as stored with this record. Not written to the
+    /// write-ahead buffer: a restored record has `None`.
+    #[serde(skip)]
+    pub follows: Option<i64>,
 }
 
 impl Record {
@@ -60,6 +68,7 @@ impl Record {
             headers: Vec::new(),
             timestamp_ms: None,
             payload,
+            follows: None,
         }
     }
 

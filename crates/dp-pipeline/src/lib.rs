@@ -173,9 +173,9 @@ impl PipelineBuilder {
             }
         };
         // The watermark says "everything below is stored". Under after_buffer, Kafka commits
-        // past messages that are only in Redis, so a new owner's batches would raise the
-        // watermark over messages another instance still holds; there, idempotency rests on
-        // the unique key alone.
+        // past messages that are only in Redis, so a new owner's batches must not raise it over
+        // messages another instance still holds: the sink records exactly the offsets stored
+        // (ranges), and partitions start at Kafka's committed offset alone.
         let watermarks = config.commit_policy == CommitPolicy::AfterSink;
         let (sink, watermark_reader): (Arc<dyn Sink>, Option<Arc<dyn Watermarks>>) = match sink {
             Some(s) => (s, None),
@@ -184,8 +184,9 @@ impl PipelineBuilder {
                     Some(pool) => dp_sink_mysql::MysqlSink::with_pool(pool, &config.mysql).await?,
                     None => dp_sink_mysql::MysqlSink::connect(&config.mysql).await?,
                 };
-                if watermarks {
-                    mysql = mysql.with_consumer_group(&config.kafka.group_id);
+                mysql = mysql.with_consumer_group(&config.kafka.group_id);
+                if !watermarks {
+                    mysql = mysql.with_watermark_mode(dp_sink_mysql::WatermarkMode::Ranges);
                 }
                 if config.dead_letter.kafka {
                     let publisher = dp_source_kafka::KafkaDeadLetters::new(

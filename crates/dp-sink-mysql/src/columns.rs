@@ -986,6 +986,7 @@ mod tests {
             headers: vec![Header { name: "source".into(), value: Some(b"scanner-7".to_vec()) }],
             timestamp_ms: Some(1_764_000_000_000),
             payload: Some(payload.as_bytes().to_vec()),
+            follows: None,
         }
     }
 

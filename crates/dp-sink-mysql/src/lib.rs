@@ -16,8 +16,9 @@ pub mod columns;
 mod live;
 pub mod mapping;
 pub mod sql;
+pub mod stored;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::columns::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
 use crate::mapping::{DateTimeParts, Mapping, Row};
+use crate::stored::Stored;
+pub use crate::stored::WatermarkMode;
 
 /// Settings of the MySQL sink (`[mysql]` in the config file, `DP_MYSQL__*` in the environment).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -417,6 +420,7 @@ pub struct MysqlSink {
     dead_letter_table: Arc<str>,
     offsets_table: Arc<str>,
     consumer_group: Option<Arc<str>>,
+    watermark_mode: WatermarkMode,
     /// Write dead letters to the dead-letter table.
     dead_letter_rows: bool,
     /// Also (or instead) publish them here, before the transaction commits.
@@ -523,12 +527,10 @@ impl MysqlSink {
             tables.push(Table { name: Arc::from(spec.table.as_str()), shape: spec.shape });
         }
         check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
-        check_columns(
-            &mut conn,
-            &config.offsets_table,
-            &["consumer_group", "topic", "kafka_partition", "next_offset"],
-        )
-        .await?;
+        if config.create_table {
+            add_stored_ranges(&mut conn, &config.offsets_table).await?;
+        }
+        check_columns(&mut conn, &config.offsets_table, OFFSETS_COLUMNS).await?;
         drop(conn);
         // Leave room for the statement text and protocol framing.
         let max_statement_bytes = (max_packet.unwrap_or(4 << 20) as usize / 2).max(64 * 1024);
@@ -541,6 +543,7 @@ impl MysqlSink {
             dead_letter_table: Arc::from(dlq.as_str()),
             offsets_table: Arc::from(config.offsets_table.as_str()),
             consumer_group: None,
+            watermark_mode: WatermarkMode::Prefix,
             dead_letter_rows: true,
             publisher: None,
             mapping: Arc::new(Mapping {
@@ -558,6 +561,15 @@ impl MysqlSink {
     /// then inserts nothing, even into a table without a unique key.
     pub fn with_consumer_group(mut self, group: &str) -> Self {
         self.consumer_group = Some(Arc::from(group));
+        self
+    }
+
+    /// How batches advance the watermark ([`WatermarkMode::Prefix`] unless set): under
+    /// `commit_policy = "after_buffer"` a partition's newer records may be stored before older
+    /// ones still held in another instance's Redis buffer, so only the offsets stored are
+    /// recorded ([`WatermarkMode::Ranges`]); see [`stored`].
+    pub fn with_watermark_mode(mut self, mode: WatermarkMode) -> Self {
+        self.watermark_mode = mode;
         self
     }
 
@@ -746,32 +758,36 @@ impl MysqlSink {
         Ok(())
     }
 
-    /// Which of `records` to write: not below its partition's watermark (stored already), and
-    /// not a second copy of an offset earlier in the same batch (a partition re-read after an
-    /// eager rebalance can put both copies in one batch).
+    /// Which of `records` to write: not already stored (below its partition's watermark, or in
+    /// a stored range), and not a second copy of an offset earlier in the same batch (a
+    /// partition re-read after an eager rebalance can put both copies in one batch). Also
+    /// returns the locked stored offsets, for [`advance_watermarks`](Self::advance_watermarks).
     async fn fresh_records(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
         records: &[Record],
-    ) -> Result<Vec<bool>, SinkError> {
+    ) -> Result<(Vec<bool>, Marks), SinkError> {
         let marks = self.lock_watermarks(tx, records).await?;
         let mut seen: HashSet<(&str, i32, i64)> = HashSet::with_capacity(records.len());
-        Ok(records
+        let keep = records
             .iter()
             .map(|r| {
-                let below =
-                    marks.get(&*r.topic).and_then(|ps| ps.get(&r.partition)).is_some_and(|&w| r.offset < w);
-                !below && seen.insert((&*r.topic, r.partition, r.offset))
+                let stored = marks
+                    .get(&*r.topic)
+                    .and_then(|ps| ps.get(&r.partition))
+                    .is_some_and(|s| s.contains(r.offset));
+                !stored && seen.insert((&*r.topic, r.partition, r.offset))
             })
-            .collect())
+            .collect();
+        Ok((keep, marks))
     }
 
-    /// Locks and reads the watermarks of the partitions in `records`, for the transaction.
+    /// Locks and reads the stored offsets of the partitions in `records`, for the transaction.
     async fn lock_watermarks(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
         records: &[Record],
-    ) -> Result<HashMap<String, HashMap<i32, i64>>, SinkError> {
+    ) -> Result<Marks, SinkError> {
         let Some(group) = &self.consumer_group else { return Ok(HashMap::new()) };
         let partitions: BTreeSet<(&str, i32)> = records.iter().map(|r| (&*r.topic, r.partition)).collect();
         let mut params: Vec<Value> = Vec::with_capacity(1 + partitions.len() * 2);
@@ -781,49 +797,58 @@ impl MysqlSink {
             params.push(Value::from(*p));
         }
         let lock = sql::lock_offsets(&self.offsets_table, partitions.len());
-        let found: Vec<(String, i32, i64)> =
+        let found: Vec<OffsetsRow> =
             tx.exec(&lock, params.clone()).await.map_err(|e| classify("cannot lock offset watermarks", e))?;
         if found.len() < partitions.len() {
             // A partition seen for the first time has no row, and `FOR UPDATE` on a missing row
             // locks nothing under READ COMMITTED (two writers could both pass): seed the missing
             // rows, then lock again. Once seeded, a batch takes this one statement.
-            let mut seed: Vec<Value> = Vec::with_capacity(partitions.len() * 4);
+            let mut seed: Vec<Value> = Vec::with_capacity(partitions.len() * 3);
             for (t, p) in &partitions {
-                seed.extend([Value::from(&**group), Value::from(*t), Value::from(*p), Value::from(0i64)]);
+                seed.extend([Value::from(&**group), Value::from(*t), Value::from(*p)]);
             }
-            tx.exec_drop(sql::advance_offsets(&self.offsets_table, partitions.len()), seed)
+            tx.exec_drop(sql::seed_offsets(&self.offsets_table, partitions.len()), seed)
                 .await
                 .map_err(|e| classify("cannot seed offset watermarks", e))?;
-            let relocked: Vec<(String, i32, i64)> =
+            let relocked: Vec<OffsetsRow> =
                 tx.exec(&lock, params).await.map_err(|e| classify("cannot lock offset watermarks", e))?;
-            return Ok(collect_marks(relocked));
+            return collect_marks(relocked, &self.offsets_table);
         }
-        Ok(collect_marks(found))
+        collect_marks(found, &self.offsets_table)
     }
 
-    /// Raises each partition's watermark to one past the highest offset of `records` in it.
+    /// Records what `records` cover as stored, in the rows `marks` locked: under
+    /// [`WatermarkMode::Prefix`] each partition's watermark rises to one past its highest
+    /// offset in `records`; under [`WatermarkMode::Ranges`] exactly what they cover is added.
+    /// Never lowers a watermark.
     async fn advance_watermarks<'r>(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
-        records: impl Iterator<Item = &'r Record>,
+        records: impl IntoIterator<Item = &'r Record>,
+        mut marks: Marks,
     ) -> Result<(), SinkError> {
         let Some(group) = &self.consumer_group else { return Ok(()) };
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in records {
-            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
-            *e = (*e).max(r.offset + 1);
-        }
-        if next.is_empty() {
+        let covered = stored::coverage(records, self.watermark_mode);
+        if covered.is_empty() {
             return Ok(());
         }
-        let mut params: Vec<Value> = Vec::with_capacity(next.len() * 4);
-        for ((t, p), o) in &next {
-            params.push(Value::from(&**group));
-            params.push(Value::from(*t));
-            params.push(Value::from(*p));
-            params.push(Value::from(*o));
+        let mut params: Vec<Value> = Vec::with_capacity(covered.len() * 5);
+        for ((t, p), ranges) in &covered {
+            let Some(state) = marks.get_mut(*t).and_then(|ps| ps.get_mut(p)) else {
+                return Err(SinkError::transient(format!(
+                    "offset watermark row of {t}/{p} was not locked by this transaction"
+                )));
+            };
+            stored::apply(state, ranges, self.watermark_mode);
+            params.extend([
+                Value::from(&**group),
+                Value::from(*t),
+                Value::from(*p),
+                Value::from(state.next),
+                state.ranges_text().map_or(Value::NULL, Value::from),
+            ]);
         }
-        tx.exec_drop(sql::advance_offsets(&self.offsets_table, next.len()), params)
+        tx.exec_drop(sql::advance_offsets(&self.offsets_table, covered.len()), params)
             .await
             .map_err(|e| classify("cannot advance offset watermarks", e))
     }
@@ -865,12 +890,45 @@ fn winners<'a, 'r>(
     rows.into_iter().zip(keep).filter_map(|(row, k)| k.then_some(row)).collect()
 }
 
-fn collect_marks(found: Vec<(String, i32, i64)>) -> HashMap<String, HashMap<i32, i64>> {
-    let mut marks: HashMap<String, HashMap<i32, i64>> = HashMap::new();
-    for (t, p, w) in found {
-        marks.entry(t).or_default().insert(p, w);
+/// The locked stored offsets of a batch's partitions, by topic and partition.
+type Marks = HashMap<String, HashMap<i32, Stored>>;
+
+/// A row of the offsets table: topic, partition, watermark, ranges above it.
+type OffsetsRow = (String, i32, i64, Option<String>);
+
+/// The columns an offsets table must have.
+const OFFSETS_COLUMNS: &[&str] =
+    &["consumer_group", "topic", "kafka_partition", "next_offset", "stored_ranges"];
+
+fn collect_marks(found: Vec<OffsetsRow>, table: &str) -> Result<Marks, SinkError> {
+    let mut marks: Marks = HashMap::new();
+    for (t, p, next, ranges) in found {
+        // Retried, never dead-lettered: the batch is fine, the row is not (fix it by hand).
+        let stored = Stored::parse(next, ranges.as_deref()).map_err(|e| {
+            SinkError::transient(format!("`{table}`.stored_ranges of {t}/{p} is not readable: {e}"))
+        })?;
+        marks.entry(t).or_default().insert(p, stored);
     }
-    marks
+    Ok(marks)
+}
+
+/// Adds `stored_ranges` to an offsets table made by a release without it.
+async fn add_stored_ranges(conn: &mut mysql_async::Conn, table: &str) -> Result<(), MysqlSinkError> {
+    let has: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'stored_ranges'",
+            (table,),
+        )
+        .await
+        .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    if has.unwrap_or(0) == 0 {
+        tracing::info!(table, "adding column stored_ranges to the offsets table");
+        conn.query_drop(sql::add_stored_ranges_column(table))
+            .await
+            .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    }
+    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -945,7 +1003,7 @@ impl Sink for MysqlSink {
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
-        let keep = self.fresh_records(&mut tx, records).await?;
+        let (keep, marks) = self.fresh_records(&mut tx, records).await?;
         let mut per_table: Vec<Vec<(&Record, MappedRow<'_>)>> =
             (0..self.tables.len()).map(|_| Vec::new()).collect();
         let mut rejected = Vec::new();
@@ -976,7 +1034,7 @@ impl Sink for MysqlSink {
             outcome += self.write_rows(&mut tx, index, &rows).await?;
         }
         self.store_dead_letters(&mut tx, &rejected).await?;
-        self.advance_watermarks(&mut tx, records.iter()).await?;
+        self.advance_watermarks(&mut tx, records, marks).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
         for d in &rejected {
             metrics::counter!("dp_dead_lettered_total", "class" => d.error_class.clone()).increment(1);
@@ -998,11 +1056,11 @@ impl Sink for MysqlSink {
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
         let records: Vec<Record> = entries.iter().map(|d| d.record.clone()).collect();
-        let keep = self.fresh_records(&mut tx, &records).await?;
+        let (keep, marks) = self.fresh_records(&mut tx, &records).await?;
         let fresh: Vec<DeadLetter> =
             entries.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.clone()).collect();
         self.store_dead_letters(&mut tx, &fresh).await?;
-        self.advance_watermarks(&mut tx, records.iter()).await?;
+        self.advance_watermarks(&mut tx, &records, marks).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))
     }
 

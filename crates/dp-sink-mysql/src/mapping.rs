@@ -405,6 +405,7 @@ mod tests {
             headers: vec![],
             timestamp_ms: None,
             payload: payload.map(<[u8]>::to_vec),
+            follows: None,
         }
     }
 

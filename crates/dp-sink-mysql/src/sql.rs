@@ -97,17 +97,27 @@ pub fn create_offsets_table(table: &str) -> String {
          \x20 `topic` VARCHAR(249) NOT NULL,\n\
          \x20 `kafka_partition` INT NOT NULL,\n\
          \x20 `next_offset` BIGINT NOT NULL COMMENT 'every offset below this is stored or dead-lettered',\n\
+         \x20 `stored_ranges` TEXT NULL COMMENT 'ranges above next_offset stored too (commit_policy after_buffer): start-end,... with end exclusive',\n\
          \x20 `updated_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),\n\
          \x20 PRIMARY KEY (`consumer_group`, `topic`, `kafka_partition`)\n\
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
     )
 }
 
-/// Reads (and locks, for the rest of the transaction) the watermarks of `partitions`
+/// Adds the `stored_ranges` column to an offsets table created before it existed.
+pub fn add_stored_ranges_column(table: &str) -> String {
+    format!(
+        "ALTER TABLE `{table}` ADD COLUMN `stored_ranges` TEXT NULL \
+         COMMENT 'ranges above next_offset stored too (commit_policy after_buffer): start-end,... with end exclusive' \
+         AFTER `next_offset`"
+    )
+}
+
+/// Reads (and locks, for the rest of the transaction) the stored offsets of `partitions`
 /// partitions of one consumer group. Parameters: the group, then topic and partition pairs.
 pub fn lock_offsets(table: &str, partitions: usize) -> String {
     format!(
-        "SELECT `topic`, `kafka_partition`, `next_offset` FROM `{table}` \
+        "SELECT `topic`, `kafka_partition`, `next_offset`, `stored_ranges` FROM `{table}` \
          WHERE `consumer_group` = ? AND (`topic`, `kafka_partition`) IN ({}) FOR UPDATE",
         vec!["(?,?)"; partitions.max(1)].join(",")
     )
@@ -115,15 +125,32 @@ pub fn lock_offsets(table: &str, partitions: usize) -> String {
 
 /// Reads the watermarks of one group's partitions without locking.
 pub fn read_offsets(table: &str, partitions: usize) -> String {
-    lock_offsets(table, partitions).replace(" FOR UPDATE", "")
+    format!(
+        "SELECT `topic`, `kafka_partition`, `next_offset` FROM `{table}` \
+         WHERE `consumer_group` = ? AND (`topic`, `kafka_partition`) IN ({})",
+        vec!["(?,?)"; partitions.max(1)].join(",")
+    )
 }
 
-/// Raises the watermarks of `partitions` partitions; never lowers one.
-pub fn advance_offsets(table: &str, partitions: usize) -> String {
+/// Creates the missing rows of `partitions` partitions (watermark 0, no ranges) and leaves the
+/// existing ones as they are. Parameters: group, topic and partition, per row.
+pub fn seed_offsets(table: &str, partitions: usize) -> String {
     format!(
         "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`) VALUES {} \
-         ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`next_offset`, VALUES(`next_offset`))",
-        values_list(4, partitions)
+         ON DUPLICATE KEY UPDATE `next_offset` = `next_offset`",
+        vec!["(?,?,?,0)"; partitions.max(1)].join(",")
+    )
+}
+
+/// Writes the stored offsets of `partitions` partitions, computed from the rows this
+/// transaction locked; the watermark is never lowered. Parameters: group, topic, partition,
+/// next offset and ranges text, per row.
+pub fn advance_offsets(table: &str, partitions: usize) -> String {
+    format!(
+        "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`, `stored_ranges`) \
+         VALUES {} ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`next_offset`, VALUES(`next_offset`)), \
+         `stored_ranges` = VALUES(`stored_ranges`)",
+        values_list(5, partitions)
     )
 }
 
@@ -407,8 +434,12 @@ mod tests {
         assert_eq!(lock.matches('?').count(), 1 + 3 * 2);
         assert!(lock.ends_with("FOR UPDATE"));
         assert!(!read_offsets("o", 3).contains("FOR UPDATE"));
+        assert!(lock.contains("`stored_ranges`"));
         let adv = advance_offsets("o", 2);
-        assert_eq!(adv.matches('?').count(), 8);
+        assert_eq!(adv.matches('?').count(), 10);
+        let seed = seed_offsets("o", 2);
+        assert_eq!(seed.matches('?').count(), 6);
+        assert!(seed.ends_with("`next_offset` = `next_offset`"), "seeding changes no existing row");
         assert!(adv.contains("GREATEST(`next_offset`, VALUES(`next_offset`))"));
     }
 

@@ -2,7 +2,7 @@
 //! duplicate offsets and the dead-letter path, on a table without a unique key.
 
 use dp_core::{DeadLetter, Record, SecretUrl, Sink};
-use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
+use dp_sink_mysql::{MysqlSink, MysqlSinkConfig, WatermarkMode};
 use mysql_async::prelude::Queryable;
 
 fn rec(offset: i64) -> Record {
@@ -53,6 +53,68 @@ async fn records_below_the_watermark_and_repeated_offsets_are_written_once() {
     let dead: Option<u64> =
         conn.query_first(format!("SELECT COUNT(*) FROM `{table}_dead_letter`")).await.expect("count");
     assert_eq!(dead, Some(0));
+    conn.query_drop(format!("DROP TABLE `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
+        .await
+        .expect("drop");
+}
+
+/// A record `offset` that the consumer read right after `follows`.
+fn after(offset: i64, follows: Option<i64>) -> Record {
+    let mut r = rec(offset);
+    r.follows = follows;
+    r
+}
+
+#[tokio::test]
+async fn under_after_buffer_older_records_stored_after_newer_ones_are_neither_skipped_nor_doubled() {
+    let (sink, mut conn, table) = sink_without_unique_key("ranges").await;
+    let sink = sink.with_watermark_mode(WatermarkMode::Ranges);
+    // A partition's new owner stores what it read from Kafka's commit (10) on: 14 is a
+    // transaction marker, so 15 follows 13.
+    let newer =
+        [after(10, None), after(11, Some(10)), after(12, Some(11)), after(13, Some(12)), after(15, Some(13))];
+    let o = sink.write_batch(&newer).await.expect("newer");
+    assert_eq!(o.inserted, 5);
+    let offsets =
+        format!("SELECT next_offset, stored_ranges FROM `{table}_offsets` WHERE consumer_group = 'g'");
+    let stored: Option<(i64, Option<String>)> = conn.query_first(&offsets).await.expect("offsets");
+    assert_eq!(stored, Some((0, Some("10-16".into()))), "10..16 stored, 0..10 not yet");
+    // The dead owner's older records, adopted from Redis afterwards (restored records do not
+    // know what they follow), and a replay of some of them: stored once, nothing skipped.
+    let older: Vec<Record> = (0..10).map(rec).collect();
+    let o = sink.write_batch(&older).await.expect("older");
+    assert_eq!((o.inserted, o.duplicates), (10, 0), "the older records are not below any watermark");
+    let stored: Option<(i64, Option<String>)> = conn.query_first(&offsets).await.expect("offsets");
+    assert_eq!(stored, Some((16, None)), "the hole closed: one watermark again");
+    let replay: Vec<Record> = (5..16).filter(|o| *o != 14).map(rec).collect();
+    let o = sink.write_batch(&replay).await.expect("replay");
+    assert_eq!((o.inserted, o.duplicates), (0, 10));
+    let rows: Option<u64> = conn.query_first(format!("SELECT COUNT(*) FROM `{table}`")).await.expect("count");
+    assert_eq!(rows, Some(15));
+    conn.query_drop(format!("DROP TABLE `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test]
+async fn a_batch_whose_watermark_cannot_be_written_stores_nothing() {
+    let (sink, mut conn, table) = sink_without_unique_key("atomic").await;
+    let o = sink.write_batch(&[rec(0), rec(1)]).await.expect("first batch");
+    assert_eq!(o.inserted, 2);
+    // From now on the server refuses every change to the watermark row.
+    conn.query_drop(format!(
+        "CREATE TRIGGER `{table}_refuse` BEFORE UPDATE ON `{table}_offsets` FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'watermark refused by the test'"
+    ))
+    .await
+    .expect("trigger");
+    let err = sink.write_batch(&[rec(2), rec(3), rec(4)]).await.expect_err("the watermark cannot move");
+    assert!(err.is_transient(), "not a data error: retried, never dead-lettered: {err}");
+    let rows: Option<u64> = conn.query_first(format!("SELECT COUNT(*) FROM `{table}`")).await.expect("count");
+    assert_eq!(rows, Some(2), "the batch's rows went with its watermark: nothing stored");
+    conn.query_drop(format!("DROP TRIGGER `{table}_refuse`")).await.expect("drop trigger");
+    let o = sink.write_batch(&[rec(2), rec(3), rec(4)]).await.expect("retried batch");
+    assert_eq!(o.inserted, 3);
     conn.query_drop(format!("DROP TABLE `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
         .await
         .expect("drop");

@@ -7,7 +7,7 @@
 //! blocked by it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) paused: AtomicBool,
     /// False once the client's statistics show no broker connection up.
     pub(crate) reachable: AtomicBool,
+    /// Bumped by every rebalance: reading positions may have moved, so a record no longer
+    /// follows the one read before it ([`Record::follows`]).
+    rebalances: AtomicU64,
     revocation: Mutex<Revocation>,
     settled: Condvar,
     /// Signalled when the async side takes records.
@@ -84,6 +87,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
+            rebalances: AtomicU64::new(0),
             revocation: Mutex::default(),
             settled: Condvar::new(),
             room: Condvar::new(),
@@ -172,6 +176,7 @@ impl ClientContext for PollerContext {
 impl ConsumerContext for PollerContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        self.shared.rebalances.fetch_add(1, Ordering::AcqRel);
         let parts: Vec<(String, i32)> =
             tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         match err {
@@ -332,7 +337,11 @@ impl PollerContext {
 }
 
 /// Converts a message, sharing one `Arc<str>` per topic name across records.
-fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> Record {
+fn to_record(
+    topics: &mut HashMap<String, Arc<str>>,
+    m: &BorrowedMessage<'_>,
+    follows: Option<i64>,
+) -> Record {
     let topic = match topics.get(m.topic()) {
         Some(t) => Arc::clone(t),
         None => {
@@ -355,6 +364,7 @@ fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) ->
         headers,
         timestamp_ms: m.timestamp().to_millis(),
         payload: m.payload().map(<[u8]>::to_vec),
+        follows,
     }
 }
 
@@ -371,6 +381,9 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
     let _stopped = Stopped(&ctx.events);
     let shared = Arc::clone(&ctx.shared);
     let mut topics = HashMap::new();
+    // The last offset read per partition since the last rebalance (or error), for `follows`.
+    let mut last: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut epoch = shared.rebalances.load(Ordering::Acquire);
     let mut paused = false;
     let mut pause = Pause::default();
     while !shared.stopping() {
@@ -379,10 +392,18 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
         }
         let pending = lock(&shared.chunk).len();
         let timeout = if pending > 0 && !paused { Duration::ZERO } else { IDLE_POLL };
-        match consumer.poll(timeout) {
+        let polled = consumer.poll(timeout);
+        let now = shared.rebalances.load(Ordering::Acquire);
+        if now != epoch {
+            epoch = now;
+            last.clear();
+        }
+        match polled {
             Some(Ok(m)) => {
-                let record = to_record(&mut topics, &m);
+                let mut record = to_record(&mut topics, &m, None);
                 drop(m);
+                let previous = last.insert((Arc::clone(&record.topic), record.partition), record.offset);
+                record.follows = previous.filter(|&p| p < record.offset);
                 let mut chunk = lock(&shared.chunk);
                 chunk.push(record);
                 if chunk.len() < CHUNK && !paused {
@@ -390,6 +411,9 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
                 }
             }
             Some(Err(e)) => {
+                // A reset position (offset out of range, say) is reported as an error: what
+                // follows may not continue what was read.
+                last.clear();
                 // The receiver is gone only when the source is.
                 let gone = ctx.events.send(Event::Error(e)).is_err();
                 if gone {
