@@ -193,29 +193,66 @@ mod tests {
     }
 
     proptest! {
-        /// Feeding chunks no larger than `room()` never overfills a batch, and every record
-        /// comes out exactly once, in order.
+        /// Fed chunks of any size, some records without a write-ahead key, at any times: the
+        /// accumulator reports exactly what it holds (`len`, `room`, `keys`, `bytes`, `deadline`,
+        /// `due` all follow from what was fed since the last `take`), and `take` hands every
+        /// record out once, in arrival order, with its keys. Keeping a batch within `room()` is
+        /// the caller's job; dp-pipeline's runtime tests check the runtime does it.
         #[test]
-        fn batches_never_exceed_max_rows_and_keep_order(
+        fn reports_exactly_what_it_holds_and_takes_every_record_once_in_order(
             max_rows in 1usize..50,
-            chunks in proptest::collection::vec(1usize..80, 1..40),
+            steps in proptest::collection::vec((0usize..120, 0usize..120, 0u64..20_000, any::<bool>()), 1..40),
         ) {
-            let t0 = Instant::now();
-            let mut acc = Accumulator::new(max_rows, Duration::from_secs(30));
-            let mut next = 0i64;
-            let mut out = Vec::new();
-            for want in chunks {
-                let n = want.min(acc.room()) as i64;
-                acc.extend(recs(next..next + n), vec![], t0);
-                next += n;
-                prop_assert!(acc.len() <= max_rows);
-                if acc.due(t0).is_some() {
-                    out.extend(acc.take().records);
+            let interval = Duration::from_secs(10);
+            let mut now = Instant::now();
+            let mut acc = Accumulator::new(max_rows, interval);
+            let (mut next, mut out) = (0i64, Vec::new());
+            // The model: what was fed since the last take, and when the first of it arrived.
+            let (mut held, mut keys, mut oldest) = (Vec::<Record>::new(), Vec::<BufferKey>::new(), None);
+            for (n, with_key, advance_ms, take) in steps {
+                now += Duration::from_millis(advance_ms);
+                let records: Vec<Record> = (next..next + n as i64)
+                    .map(|o| Record::new("t", 0, o, Some(vec![b'x'; (o % 13) as usize])))
+                    .collect();
+                next += n as i64;
+                // Records past the first `with_key` were not written ahead.
+                let fed_keys: Vec<BufferKey> =
+                    records.iter().take(with_key).map(|r| BufferKey(format!("k{}", r.offset))).collect();
+                if !records.is_empty() {
+                    oldest.get_or_insert(now);
+                }
+                held.extend(records.iter().cloned());
+                keys.extend(fed_keys.iter().cloned());
+                acc.extend(records, fed_keys, now);
+
+                prop_assert_eq!(acc.len(), held.len());
+                prop_assert_eq!(acc.is_empty(), held.is_empty());
+                prop_assert_eq!(acc.room(), max_rows.saturating_sub(held.len()));
+                prop_assert_eq!(acc.keys(), keys.len());
+                prop_assert_eq!(acc.bytes(), held.iter().map(Record::approx_size).sum::<usize>());
+                prop_assert_eq!(acc.deadline(), oldest.map(|t| t + interval));
+                let due = if held.len() >= max_rows {
+                    Some(FlushTrigger::Size)
+                } else if oldest.is_some_and(|t| now >= t + interval) {
+                    Some(FlushTrigger::Interval)
+                } else {
+                    None
+                };
+                prop_assert_eq!(acc.due(now), due);
+                if take {
+                    let batch = acc.take();
+                    let offsets: Vec<i64> = batch.records.iter().map(|r| r.offset).collect();
+                    prop_assert_eq!(&offsets, &held.iter().map(|r| r.offset).collect::<Vec<_>>());
+                    prop_assert_eq!(&batch.keys, &keys);
+                    out.extend(offsets);
+                    (held, keys, oldest) = (Vec::new(), Vec::new(), None);
+                    prop_assert!(acc.is_empty());
+                    prop_assert_eq!(acc.room(), max_rows);
+                    prop_assert_eq!((acc.keys(), acc.bytes(), acc.deadline(), acc.due(now)), (0, 0, None, None));
                 }
             }
-            out.extend(acc.take().records);
-            let offsets: Vec<i64> = out.iter().map(|r| r.offset).collect();
-            prop_assert_eq!(offsets, (0..next).collect::<Vec<_>>());
+            out.extend(acc.take().records.iter().map(|r| r.offset));
+            prop_assert_eq!(out, (0..next).collect::<Vec<_>>());
         }
     }
 }

@@ -1,7 +1,13 @@
-//! The flush loop against in-memory parts: triggers, restore, retries, isolation of bad rows.
+//! The flush loop against in-memory parts: triggers, restore, retries, isolation of bad rows,
+//! spilling, and, as a property, batch size, memory bound and order for any poll sizes.
+//!
+//! Every test runs on paused tokio time: sleeps, backoffs and flush intervals elapse as soon as
+//! the runtime has nothing else to do, so the tests take no wall time and do not depend on the
+//! machine's speed. A test that waits for something that never happens fails with the
+//! pipeline's counters instead of letting the shutdown drain do the work quietly.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,8 +15,28 @@ use async_trait::async_trait;
 use dp_core::{
     BatchOutcome, Buffer, BufferError, BufferKey, DeadLetter, Record, Sink, SinkError, Source, SourceError,
 };
+use proptest::prelude::*;
 
 use super::*;
+
+/// How long, in tokio time, [`run_until`] waits for its condition.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// When something happened: its place among all recorded events (exact even where paused time
+/// gives two events the same instant), and the tokio time.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    seq: u64,
+    at: tokio::time::Instant,
+}
+
+impl Mark {
+    fn now() -> Self {
+        Self { seq: EVENTS.fetch_add(1, Ordering::SeqCst), at: tokio::time::Instant::now() }
+    }
+}
 
 fn rec(offset: i64) -> Record {
     Record::new("t", (offset % 2) as i32, offset, Some(format!("{{\"n\":{offset}}}").into_bytes()))
@@ -20,6 +46,8 @@ fn rec(offset: i64) -> Record {
 struct VecSource {
     queue: Arc<Mutex<VecDeque<Record>>>,
     acked: Arc<Mutex<Vec<i64>>>,
+    /// Every poll that returned records: when, and how many.
+    polls: Arc<Mutex<Vec<(Mark, usize)>>>,
 }
 
 impl VecSource {
@@ -31,6 +59,9 @@ impl VecSource {
     fn acked(&self) -> BTreeSet<i64> {
         self.acked.lock().expect("lock").iter().copied().collect()
     }
+    fn polls(&self) -> Vec<(Mark, usize)> {
+        self.polls.lock().expect("lock").clone()
+    }
 }
 
 #[async_trait]
@@ -41,6 +72,7 @@ impl Source for VecSource {
                 let mut q = self.queue.lock().expect("lock");
                 if !q.is_empty() {
                     let n = max.min(q.len());
+                    self.polls.lock().expect("lock").push((Mark::now(), n));
                     return Ok(q.drain(..n).collect());
                 }
             }
@@ -91,19 +123,34 @@ impl Buffer for MemBuffer {
     }
 }
 
+/// A batch the sink stored: when, and the offsets in it.
+#[derive(Debug, Clone)]
+struct Written {
+    mark: Mark,
+    offsets: Vec<i64>,
+}
+
 #[derive(Default)]
 struct MemSink {
     rows: Mutex<BTreeSet<i64>>,
     dead: Mutex<BTreeSet<i64>>,
-    batches: Mutex<Vec<usize>>,
+    /// Every batch stored, in order.
+    written: Mutex<Vec<Written>>,
     calls: AtomicUsize,
     transient_failures: AtomicUsize,
     refuse: BTreeSet<i64>,
     no_dead_letter: bool,
     /// Fails every write transiently while set.
-    down: std::sync::atomic::AtomicBool,
-    /// Offsets in the order they were first written.
-    order: Mutex<Vec<i64>>,
+    down: AtomicBool,
+}
+
+impl MemSink {
+    fn written(&self) -> Vec<Written> {
+        self.written.lock().expect("lock").clone()
+    }
+    fn sizes(&self) -> Vec<usize> {
+        self.written().iter().map(|w| w.offsets.len()).collect()
+    }
 }
 
 #[async_trait]
@@ -121,10 +168,9 @@ impl Sink for MemSink {
             return Err(SinkError::permanent("data too long").with_code(1406, Some("22001".into())));
         }
         let mut rows = self.rows.lock().expect("lock");
-        let mut order = self.order.lock().expect("lock");
-        let inserted =
-            records.iter().filter(|r| rows.insert(r.offset)).inspect(|r| order.push(r.offset)).count();
-        self.batches.lock().expect("lock").push(records.len());
+        let inserted = records.iter().filter(|r| rows.insert(r.offset)).count();
+        let offsets = records.iter().map(|r| r.offset).collect();
+        self.written.lock().expect("lock").push(Written { mark: Mark::now(), offsets });
         Ok(BatchOutcome { inserted, duplicates: records.len() - inserted, ..BatchOutcome::default() })
     }
     async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
@@ -164,84 +210,140 @@ fn pipeline(
     )
 }
 
-/// Runs until `done` says so (or 10 s pass), then shuts down.
-async fn run_until(
-    p: Pipeline,
-    done: impl Fn(&StatsSnapshot) -> bool + Send + 'static,
-) -> Result<RunSummary, PipelineError> {
-    let stats = p.stats();
-    p.run(async move {
-        for _ in 0..1000 {
-            if done(&stats.snapshot()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
+/// A run that ended because [`run_until`] asked it to.
+#[derive(Debug)]
+struct Stopped {
+    summary: RunSummary,
+    /// When the condition held and shutdown was requested.
+    requested: Mark,
 }
 
-#[tokio::test]
+/// Runs `p` until `done` holds, then shuts it down.
+///
+/// Panics, with the last counters, when `done` does not hold within [`PATIENCE`] of tokio time:
+/// the shutdown drain would otherwise write what the behaviour under test should have written,
+/// and the test would pass without it.
+async fn run_until(
+    p: Pipeline,
+    what: &'static str,
+    mut done: impl FnMut(&StatsSnapshot) -> bool + Send + 'static,
+) -> Result<Stopped, PipelineError> {
+    let stats = p.stats();
+    let requested = Arc::new(Mutex::new(None));
+    let mark = Arc::clone(&requested);
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    let summary = p
+        .run(async move {
+            loop {
+                let last = stats.snapshot();
+                if done(&last) {
+                    *mark.lock().expect("lock") = Some(Mark::now());
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "{what}: did not happen within {PATIENCE:?} (tokio time); last stats: {last:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+    let requested = requested.lock().expect("lock").take().expect("a clean run ends on request");
+    Ok(Stopped { summary, requested })
+}
+
+#[tokio::test(start_paused = true)]
 async fn full_batches_flush_by_size_and_the_rest_at_shutdown() {
     let source = VecSource::with(25);
     let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
     let p = pipeline(&source, &buffer, &sink, 10, Duration::from_secs(3600));
-    let summary = run_until(p, |s| s.consumed == 25 && s.batches == 2).await.expect("runs");
-    assert_eq!(
-        *sink.batches.lock().expect("lock"),
-        vec![10, 10, 5],
-        "two size flushes, then the shutdown flush"
+    let stopped =
+        run_until(p, "two full batches written", |s| s.consumed == 25 && s.batches == 2).await.expect("runs");
+    assert_eq!(sink.sizes(), vec![10, 10, 5], "two size flushes, then the shutdown flush");
+    let written = sink.written();
+    assert!(
+        written[..2].iter().all(|w| w.mark.seq < stopped.requested.seq),
+        "the full batches are written as they fill up, before shutdown is requested"
     );
-    assert_eq!(summary.stats.inserted, 25);
+    assert!(stopped.requested.seq < written[2].mark.seq, "the partial batch waits for the shutdown drain");
+    assert_eq!(stopped.summary.stats.inserted, 25);
     assert_eq!(source.acked(), (0..25).collect());
     assert!(buffer.map.lock().expect("lock").is_empty(), "delivered records leave the write-ahead buffer");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partial_batch_flushes_after_the_interval() {
+    const INTERVAL: Duration = Duration::from_secs(5);
     let source = VecSource::with(3);
     let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
-    let p = pipeline(&source, &buffer, &sink, 1000, Duration::from_millis(50));
-    let summary = run_until(p, |s| s.batches >= 1).await.expect("runs");
-    assert_eq!(summary.stats.inserted, 3);
-    assert_eq!(*sink.batches.lock().expect("lock"), vec![3]);
+    let p = pipeline(&source, &buffer, &sink, 1000, INTERVAL);
+    let stopped = run_until(p, "the partial batch written", |s| s.batches >= 1).await.expect("runs");
+    assert_eq!(stopped.summary.stats.inserted, 3);
+    assert_eq!(sink.sizes(), vec![3]);
+    let written = &sink.written()[0];
+    assert!(
+        written.mark.seq < stopped.requested.seq,
+        "written by the interval trigger, before shutdown was requested"
+    );
+    let waited = written.mark.at - source.polls()[0].0.at;
+    assert!(
+        waited >= INTERVAL,
+        "written {waited:?} after the records arrived, before the {INTERVAL:?} interval"
+    );
+    // The deadline is computed on the wall clock, which paused tokio time does not follow: the
+    // real time the test took to reach the first poll is added to it (microseconds, usually).
+    assert!(waited < INTERVAL + Duration::from_secs(1), "written {waited:?} after the records arrived");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn records_left_in_the_buffer_are_delivered_before_consuming() {
     let buffer = Arc::new(MemBuffer::default());
     buffer.append(&(100..105).map(rec).collect::<Vec<_>>()).await.expect("seed");
-    let source = VecSource::with(0);
+    let source = VecSource::with(3);
     let sink = Arc::new(MemSink::default());
     let p = pipeline(&source, &buffer, &sink, 2, Duration::from_secs(3600));
-    let summary = run_until(p, |_| true).await.expect("runs");
-    assert_eq!(summary.stats.restored, 5);
-    assert_eq!(*sink.rows.lock().expect("lock"), (100..105).collect());
+    let stopped =
+        run_until(p, "restored and consumed", |s| s.restored == 5 && s.consumed == 3).await.expect("runs");
+    assert_eq!(stopped.summary.stats.restored, 5);
+    let first_poll = source.polls()[0].0;
+    let restored: Vec<Written> =
+        sink.written().into_iter().filter(|w| w.offsets.iter().any(|o| *o >= 100)).collect();
+    assert_eq!(
+        restored.iter().map(|w| w.offsets.len()).collect::<Vec<_>>(),
+        vec![2, 2, 1],
+        "in batches of max_rows"
+    );
+    assert!(
+        restored.iter().all(|w| w.mark.seq < first_poll.seq),
+        "every restored record is written before the source is read"
+    );
+    assert_eq!(*sink.rows.lock().expect("lock"), (0..3).chain(100..105).collect());
     assert!(buffer.map.lock().expect("lock").is_empty());
-    assert!(source.acked().is_empty(), "restored records were never read from this source");
+    assert_eq!(source.acked(), (0..3).collect(), "restored records were never read from this source");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_until_they_pass() {
     let source = VecSource::with(4);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { transient_failures: AtomicUsize::new(3), ..MemSink::default() });
     let p = pipeline(&source, &buffer, &sink, 4, Duration::from_secs(3600));
-    let summary = run_until(p, |s| s.batches == 1).await.expect("runs");
-    assert_eq!(summary.stats.retries, 3);
-    assert_eq!(summary.stats.inserted, 4);
-    assert_eq!(summary.stats.dead_lettered, 0, "an outage never dead-letters");
+    let stopped = run_until(p, "the batch written", |s| s.batches == 1).await.expect("runs");
+    assert_eq!(stopped.summary.stats.retries, 3);
+    assert_eq!(stopped.summary.stats.inserted, 4);
+    assert_eq!(stopped.summary.stats.dead_lettered, 0, "an outage never dead-letters");
+    assert!(sink.written()[0].mark.seq < stopped.requested.seq, "retried by the flush, not by the drain");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refused_records_are_isolated_by_halving_and_dead_lettered() {
     let source = VecSource::with(16);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { refuse: [3, 11].into(), ..MemSink::default() });
     let p = pipeline(&source, &buffer, &sink, 16, Duration::from_secs(3600));
-    let summary = run_until(p, |s| s.batches == 1).await.expect("runs");
-    assert_eq!(summary.stats.inserted, 14);
-    assert_eq!(summary.stats.dead_lettered, 2);
+    let stopped = run_until(p, "the batch delivered", |s| s.batches == 1).await.expect("runs");
+    assert_eq!(stopped.summary.stats.inserted, 14);
+    assert_eq!(stopped.summary.stats.dead_lettered, 2);
     assert_eq!(*sink.dead.lock().expect("lock"), [3, 11].into());
     assert_eq!(source.acked(), (0..16).collect());
     // Halving: 1 + 2 per level per bad record at most (log2 16 = 4 levels), far below 16.
@@ -249,13 +351,13 @@ async fn refused_records_are_isolated_by_halving_and_dead_lettered() {
     assert!(calls <= 1 + 2 * 2 * 4, "{calls} statements for 2 bad rows of 16");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_record_that_cannot_be_dead_lettered_stops_the_pipeline_without_acknowledging() {
     let source = VecSource::with(4);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { refuse: [2].into(), no_dead_letter: true, ..MemSink::default() });
     let p = pipeline(&source, &buffer, &sink, 4, Duration::from_secs(3600));
-    let err = run_until(p, |_| false).await.expect_err("must stop");
+    let err = run_until(p, "the pipeline stopping by itself", |_| false).await.expect_err("must stop");
     assert!(matches!(err, PipelineError::Undeliverable { offset: 2, .. }), "{err}");
     assert!(source.acked().is_empty(), "nothing of the failed batch is acknowledged");
     assert_eq!(buffer.map.lock().expect("lock").len(), 4, "the write-ahead copies stay for the next start");
@@ -278,36 +380,42 @@ fn spilling_pipeline(source: &VecSource, buffer: &Arc<MemBuffer>, sink: &Arc<Mem
     )
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit_then_drain_in_order() {
-    use std::sync::atomic::{AtomicBool, AtomicU64};
     let source = VecSource::with(500);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
     let p = spilling_pipeline(&source, &buffer, &sink);
-    let (peak_spilled, consumed_at_limit) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let peak_spilled = Arc::new(AtomicU64::new(0));
+    // Records consumed when the limit was reached, and after waiting there.
+    let consumed_at_limit = Arc::new(Mutex::new(None::<(u64, u64)>));
     let (peak, at_limit, s2) = (Arc::clone(&peak_spilled), Arc::clone(&consumed_at_limit), Arc::clone(&sink));
-    let summary = run_until(p, move |s| {
+    let mut reached: Option<(tokio::time::Instant, u64)> = None;
+    let stopped = run_until(p, "all 500 records written once the sink is back", move |s| {
         peak.fetch_max(s.spilled, Ordering::Relaxed);
-        // 10 being retried + 80 spilled + 10 collected = the limit of 100.
-        if s.spilled == 80 && s2.down.load(Ordering::Relaxed) {
-            // Give the loop time to show it takes nothing more.
-            std::thread::sleep(Duration::from_millis(600));
-            at_limit.store(s2.calls.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
-            s2.down.store(false, Ordering::Relaxed);
+        if s2.down.load(Ordering::Relaxed) {
+            match reached {
+                // 10 being retried + 80 spilled + 10 collected = the limit of 100.
+                None if s.spilled == 80 => reached = Some((tokio::time::Instant::now(), s.consumed)),
+                // Stay at the limit a while to show the loop takes nothing more, then recover.
+                Some((since, consumed)) if since.elapsed() >= Duration::from_millis(600) => {
+                    *at_limit.lock().expect("lock") = Some((consumed, s.consumed));
+                    s2.down.store(false, Ordering::Relaxed);
+                }
+                _ => {}
+            }
         }
         s.inserted == 500
     })
     .await
     .expect("runs");
     assert_eq!(peak_spilled.load(Ordering::Relaxed), 80, "spilled up to the limit, never past it");
-    assert!(
-        consumed_at_limit.load(Ordering::Relaxed) > 0,
-        "the sink came back only once the limit was reached"
-    );
-    assert_eq!(summary.stats.inserted, 500);
-    assert_eq!(summary.stats.spilled, 0);
-    let order = sink.order.lock().expect("lock").clone();
+    let consumed =
+        consumed_at_limit.lock().expect("lock").take().expect("the limit is reached while the sink is down");
+    assert_eq!(consumed, (100, 100), "at the limit of 100 records held, consumption stops");
+    assert_eq!(stopped.summary.stats.inserted, 500);
+    assert_eq!(stopped.summary.stats.spilled, 0);
+    let order: Vec<i64> = sink.written().into_iter().flat_map(|w| w.offsets).collect();
     for partition in 0..2 {
         let offsets: Vec<i64> = order.iter().copied().filter(|o| o % 2 == partition).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {partition} written in offset order");
@@ -316,15 +424,14 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
     assert!(buffer.map.lock().expect("lock").is_empty(), "every spilled copy deleted once delivered");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn spilled_records_missing_from_the_buffer_stop_the_pipeline_before_anything_later_is_written() {
-    use std::sync::atomic::AtomicBool;
     let source = VecSource::with(60);
     let buffer = Arc::new(MemBuffer::default());
     let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
     let p = spilling_pipeline(&source, &buffer, &sink);
     let (b2, s2) = (Arc::clone(&buffer), Arc::clone(&sink));
-    let err = run_until(p, move |s| {
+    let err = run_until(p, "the pipeline stopping by itself", move |s| {
         if s.spilled >= 20 && s2.down.load(Ordering::Relaxed) {
             // The buffer loses everything (a restart without persistence), then the sink is back.
             b2.map.lock().expect("lock").clear();
@@ -338,4 +445,152 @@ async fn spilled_records_missing_from_the_buffer_stop_the_pipeline_before_anythi
     let written = sink.rows.lock().expect("lock").clone();
     assert!(written.iter().all(|o| *o < 10), "only the batch that was in memory is written: {written:?}");
     assert!(source.acked().iter().all(|o| *o < 10), "nothing after the lost records is acknowledged");
+}
+
+/// What [`RandomSource`] handed out and got back.
+#[derive(Debug, Default)]
+struct SourceLog {
+    handed: usize,
+    /// Acknowledged records, `(partition, offset)`, in order.
+    acked: Vec<(i32, i64)>,
+    /// Most records handed out and not acknowledged yet, right after a poll: what the runtime
+    /// holds in memory then (the property test turns spilling off).
+    peak_held: usize,
+}
+
+/// Hands out its records in order, each poll a random number of them up to the `max` asked for
+/// (exactly `max` on some polls), after a random delay.
+struct RandomSource {
+    queue: VecDeque<Record>,
+    /// Per poll, cycled: the share of `max` to return (`None`: all of it) and a delay in ms.
+    plan: Vec<(Option<f64>, u64)>,
+    polls: usize,
+    log: Arc<Mutex<SourceLog>>,
+}
+
+#[async_trait]
+impl Source for RandomSource {
+    async fn poll(&mut self, max: usize) -> Result<Vec<Record>, SourceError> {
+        if self.queue.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        let (share, delay_ms) = self.plan[self.polls % self.plan.len()];
+        self.polls += 1;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        // Taken only after the last await: a cancelled poll loses nothing.
+        let want = share.map_or(max, |f| 1 + (f * max as f64) as usize);
+        let records: Vec<Record> = self.queue.drain(..want.min(self.queue.len())).collect();
+        let mut log = self.log.lock().expect("lock");
+        log.handed += records.len();
+        log.peak_held = log.peak_held.max(log.handed.saturating_sub(log.acked.len()));
+        Ok(records)
+    }
+    fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {
+        self.log.lock().expect("lock").acked.extend(delivered.iter().map(|r| (r.partition, r.offset)));
+        Ok(())
+    }
+}
+
+/// Stores offsets per partition. Each call, by its cycled plan, takes a while and may fail
+/// transiently; it records the largest batch it was ever given, stored or not.
+#[derive(Default)]
+struct RandomSink {
+    /// Per call, cycled: a delay in ms and whether to fail transiently.
+    plan: Vec<(u64, bool)>,
+    calls: AtomicUsize,
+    largest: AtomicUsize,
+    stored: Mutex<BTreeMap<i32, Vec<i64>>>,
+}
+
+#[async_trait]
+impl Sink for RandomSink {
+    async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        self.largest.fetch_max(records.len(), Ordering::Relaxed);
+        let (delay_ms, fail) = self.plan[call % self.plan.len()];
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if fail {
+            return Err(SinkError::transient("connection reset"));
+        }
+        let mut stored = self.stored.lock().expect("lock");
+        for r in records {
+            stored.entry(r.partition).or_default().push(r.offset);
+        }
+        Ok(BatchOutcome { inserted: records.len(), ..BatchOutcome::default() })
+    }
+}
+
+/// A runtime for one property-test case, on paused time like the `#[tokio::test]`s.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However many records each poll returns (up to the `max` asked for), and however the sink
+    /// is slow or fails: no batch exceeds `max_rows`, memory holds at most two batches, and every
+    /// record is written exactly once, in offset order within its partition.
+    #[test]
+    fn any_poll_sizes_keep_batches_within_max_rows_memory_within_two_batches_and_partitions_in_order(
+        max_rows in 1usize..16,
+        partitions in proptest::collection::vec(0i32..3, 0..150),
+        polls in proptest::collection::vec((proptest::option::weighted(0.7, 0.0..1.0f64), 0u64..5), 1..20),
+        mut writes in proptest::collection::vec((0u64..10, proptest::bool::weighted(0.2)), 1..20),
+        interval_ms in 1u64..100,
+    ) {
+        // Some call in every cycle of the plan succeeds.
+        writes[0].1 = false;
+        let mut next = BTreeMap::<i32, i64>::new();
+        let records: VecDeque<Record> = partitions
+            .iter()
+            .map(|&p| {
+                let offset = next.entry(p).or_default();
+                *offset += 1;
+                Record::new("t", p, *offset - 1, Some(vec![b'x'; 8]))
+            })
+            .collect();
+        let total = records.len();
+        let log = Arc::new(Mutex::new(SourceLog::default()));
+        let source = RandomSource { queue: records, plan: polls, polls: 0, log: Arc::clone(&log) };
+        let sink = Arc::new(RandomSink { plan: writes, ..RandomSink::default() });
+        let p = Pipeline::new(
+            Box::new(source),
+            Arc::new(MemBuffer::default()),
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            BufferConfig {
+                max_rows,
+                flush_interval: Duration::from_millis(interval_ms),
+                // Two batches: no spilling, memory is all there is.
+                max_buffered_rows: Some(2 * max_rows),
+                ..BufferConfig::default()
+            },
+            retry(),
+            Duration::from_secs(5),
+        );
+        let peak_memory = Arc::new(AtomicU64::new(0));
+        let peak = Arc::clone(&peak_memory);
+        let ran = paused_runtime().block_on(run_until(p, "every record written", move |s| {
+            peak.fetch_max(s.memory_buffered, Ordering::Relaxed);
+            s.inserted == total as u64
+        }));
+        prop_assert!(ran.is_ok(), "the run failed: {:?}", ran.err());
+
+        let largest = sink.largest.load(Ordering::Relaxed);
+        prop_assert!(largest <= max_rows, "the sink was given a batch of {} records, max_rows {}", largest, max_rows);
+        let log = log.lock().expect("lock");
+        prop_assert!(
+            log.peak_held <= 2 * max_rows,
+            "{} records held after a poll, more than two batches of {}", log.peak_held, max_rows
+        );
+        let memory = peak_memory.load(Ordering::Relaxed);
+        prop_assert!(memory <= 2 * max_rows as u64, "memory_buffered reached {}, max_rows {}", memory, max_rows);
+        let all: BTreeMap<i32, Vec<i64>> = next.iter().map(|(p, n)| (*p, (0..*n).collect())).collect();
+        let stored = sink.stored.lock().expect("lock").clone();
+        prop_assert_eq!(stored, all.clone(), "every record stored once, in offset order per partition");
+        let mut acked = log.acked.clone();
+        acked.sort_unstable();
+        let expected: Vec<(i32, i64)> = all.iter().flat_map(|(p, o)| o.iter().map(move |o| (*p, *o))).collect();
+        prop_assert_eq!(acked, expected, "every record acknowledged once");
+    }
 }
