@@ -47,7 +47,7 @@ async fn dead_letters_are_listed_fixed_in_place_and_replayed_idempotently() {
     let mut child = env.spawn(&["run"], &[]);
     let dead_table = format!("{}_dead_letter", env.table);
     wait_for("rows and dead letters", Duration::from_secs(60), || async {
-        env.row_count().await == 2 && env.scalar(&format!("SELECT COUNT(*) FROM `{dead_table}`")).await == 2
+        env.rows_so_far().await == 2 && env.scalar(&format!("SELECT COUNT(*) FROM `{dead_table}`")).await == 2
     })
     .await;
     assert!(sigterm(&mut child, Duration::from_secs(25)).success());
@@ -152,7 +152,7 @@ async fn dead_letters_go_to_a_kafka_topic_with_the_original_bytes_and_the_reason
 
     let mut child =
         env.spawn(&["run"], &[("DP_DEAD_LETTER__KAFKA", "true"), ("DP_DEAD_LETTER__MYSQL", "false")]);
-    wait_for("rows", Duration::from_secs(60), || async { env.row_count().await == 2 }).await;
+    wait_for("rows", Duration::from_secs(60), || async { env.rows_so_far().await == 2 }).await;
     let dlq_topic = format!("{}.dlq", env.topic);
     let dead = consume_all(&dlq_topic, 3);
     assert!(sigterm(&mut child, Duration::from_secs(25)).success());

@@ -119,7 +119,7 @@ async fn every_hostile_message_becomes_a_row_or_a_dead_letter_and_valid_neighbou
     let mut child = env.spawn(&["run"], &[]);
     let dead_table = format!("{}_dead_letter", env.table);
     wait_for("every message accounted for", Duration::from_secs(90), || async {
-        env.row_count().await >= rows_expected
+        env.rows_so_far().await >= rows_expected
             && env.scalar(&format!("SELECT COUNT(*) FROM `{dead_table}`")).await >= dead_expected
     })
     .await;

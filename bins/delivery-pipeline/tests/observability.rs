@@ -25,7 +25,7 @@ async fn metrics_count_what_was_stored_and_readiness_follows_mysql() {
     .await;
 
     let produced = env.produce(EVENTS).await;
-    wait_for("every event stored", Duration::from_secs(60), || async { env.row_count().await >= EVENTS })
+    wait_for("every event stored", Duration::from_secs(60), || async { env.rows_so_far().await >= EVENTS })
         .await;
     let (code, text) = http_get(&address, "/metrics").expect("metrics");
     assert_eq!(code, 200);
@@ -61,8 +61,10 @@ async fn metrics_count_what_was_stored_and_readiness_follows_mysql() {
         http_get(&address, "/readyz").is_ok_and(|(code, _)| code == 200)
     })
     .await;
-    wait_for("the rest stored", Duration::from_secs(30), || async { env.row_count().await >= EVENTS + 100 })
-        .await;
+    wait_for("the rest stored", Duration::from_secs(30), || async {
+        env.rows_so_far().await >= EVENTS + 100
+    })
+    .await;
     let text = http_get(&address, "/metrics").expect("metrics").1;
     assert!(metric_sum(&text, "dp_sink_retries_total") >= 1.0, "retries counted");
     assert_eq!(metric_sum(&text, "dp_sink_failing"), 0.0);

@@ -6,17 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Proxy, TestEnv, as_set, log_count, sigterm, wait_for};
+use common::{OwnKafka, Proxy, TestEnv, as_set, log_count, sigterm, wait_for};
 use mysql_async::prelude::Queryable;
-
-/// Rows and distinct event ids in the test's table.
-async fn rows_and_distinct(env: &TestEnv) -> (u64, u64) {
-    let mut c = env.mysql().await;
-    c.query_first(format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `{}`", env.table))
-        .await
-        .expect("count")
-        .expect("one row")
-}
 
 /// What an instance stored once an outage is over.
 struct Outcome {
@@ -35,20 +26,20 @@ async fn finish(
     events: u64,
 ) -> Outcome {
     let produced = as_set(load.await.expect("load"));
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= events })
+    wait_for("every event stored", Duration::from_secs(120), || async { env.rows_so_far().await >= events })
         .await;
     assert!(log_count(&env.log_path(), "kafka partitions resumed") >= 1, "consumption resumed");
     let status = sigterm(child, Duration::from_secs(25));
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
-    let (rows, distinct) = rows_and_distinct(env).await;
-    Outcome { produced, rows, distinct, keys: env.redis_keys().await }
+    let (rows, distinct) = env.rows_and_distinct().await;
+    Outcome { produced, rows, distinct, keys: env.redis_leftovers().await.len() }
 }
 
 /// Every produced event stored exactly once, nothing left in Redis.
 async fn assert_each_stored_once(env: &TestEnv, o: &Outcome, events: u64) {
-    assert_eq!((o.rows, o.distinct), (events, events), "no loss, no duplicate");
-    assert_eq!(as_set(env.event_ids().await), o.produced);
-    assert_eq!(o.keys, 0);
+    assert_eq!(o.produced.len() as u64, events);
+    env.assert_stored_once(&o.produced).await;
+    assert_eq!(o.keys, 0, "nothing left in Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,6 +52,7 @@ async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limi
     const OUTAGE: Duration = Duration::from_secs(60);
     let env = TestEnv::new("mysql_outage");
     env.create_topic(4).await;
+    env.without_unique_key().await;
     let proxy = Proxy::start("127.0.0.1:3306").await;
     let url = format!("mysql://root@127.0.0.1:{}/test", proxy.port);
     let settings = [
@@ -71,7 +63,7 @@ async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limi
     ];
     let mut child = env.spawn(&["run"], &settings);
     let load = env.produce_in_background(EVENTS, RATE);
-    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 2_000 }).await;
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.rows_so_far().await >= 2_000 }).await;
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -103,7 +95,7 @@ async fn mysql_down_for_60s_under_steady_load_spills_to_redis_pauses_at_the_limi
 
     proxy.restore();
     let restored_at = Instant::now();
-    wait_for("rows again", Duration::from_secs(60), || async { env.row_count().await > rows_at_restore })
+    wait_for("rows again", Duration::from_secs(60), || async { env.rows_so_far().await > rows_at_restore })
         .await;
     let recovered = restored_at.elapsed();
     let o = finish(&env, &mut child, load, EVENTS).await;
@@ -126,6 +118,7 @@ async fn mysql_and_redis_down_together_pause_consumption_and_lose_nothing() {
     const RATE: u64 = 400;
     let env = TestEnv::new("both_down");
     env.create_topic(4).await;
+    env.without_unique_key().await;
     let mysql = Proxy::start("127.0.0.1:3306").await;
     let redis = Proxy::start("127.0.0.1:6379").await;
     let mysql_url = format!("mysql://root@127.0.0.1:{}/test", mysql.port);
@@ -138,7 +131,7 @@ async fn mysql_and_redis_down_together_pause_consumption_and_lose_nothing() {
     ];
     let mut child = env.spawn(&["run"], &settings);
     let load = env.produce_in_background(EVENTS, RATE);
-    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 2_000 }).await;
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.rows_so_far().await >= 2_000 }).await;
 
     // MySQL first: the pipeline spills to Redis beyond the two batches memory holds.
     mysql.cut();
@@ -182,13 +175,7 @@ async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
     let env = TestEnv::new("mysql_reset");
     env.create_topic(4).await;
     // Without the unique key, only the transaction and the offset watermark prevent duplicates.
-    let out = env.spawn(&["migrate"], &[]).wait().expect("migrate");
-    assert!(out.success(), "migrate failed; log: {}", env.log_path().display());
-    env.mysql()
-        .await
-        .query_drop(format!("ALTER TABLE `{}` DROP INDEX `uq_event_id`", env.table))
-        .await
-        .expect("drop unique key");
+    env.without_unique_key().await;
     let produced = as_set(env.produce(EVENTS).await);
 
     let proxy = Proxy::start("127.0.0.1:3306").await;
@@ -217,12 +204,12 @@ async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
     }
     drop(conn);
     assert!(at_reset.len() >= RESETS / 2, "too few resets landed before the backlog ran out: {at_reset:?}");
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+    wait_for("every event stored", Duration::from_secs(120), || async { env.rows_so_far().await >= EVENTS })
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = sigterm(&mut child, Duration::from_secs(25));
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
-    let (rows, distinct) = rows_and_distinct(&env).await;
+    let (rows, distinct) = env.rows_and_distinct().await;
     let retries = log_count(&env.log_path(), "sink failed transiently; retrying");
     // Failures of a statement inside the transaction (not of getting a connection).
     let log = std::fs::read_to_string(env.log_path()).expect("log");
@@ -230,7 +217,7 @@ async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
         .lines()
         .filter(|l| l.contains("sink failed transiently") && !l.contains("cannot get a mysql connection"))
         .count();
-    let keys = env.redis_keys().await;
+    let keys = env.redis_leftovers().await.len();
     eprintln!(
         "{} connection resets at rows {at_reset:?}; {retries} transient failures retried, {mid_transaction} of them inside a transaction; produced {EVENTS}, rows {rows}, distinct {distinct}, redis keys {keys}",
         at_reset.len()
@@ -242,53 +229,12 @@ async fn mysql_connections_reset_mid_transaction_store_every_event_once() {
     env.drop_tables().await;
 }
 
-/// A tansu broker of the test's own, reached only through `proxy` (it advertises the proxy's
-/// port), so cutting the proxy makes the broker unreachable for every client.
-struct OwnKafka {
-    child: std::process::Child,
-}
-
-impl OwnKafka {
-    fn start(listen: u16, proxy: &Proxy) -> Self {
-        // Where `scripts/kafka.sh start` installs it (DP_KAFKA_DIR overrides, as for the script).
-        let dir = std::env::var("DP_KAFKA_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
-        let bin = format!("{dir}/tansu");
-        let child = std::process::Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{listen}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{}", proxy.port),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu must be installed by `scripts/kafka.sh start`");
-        let addr = format!("127.0.0.1:{listen}").parse().expect("addr");
-        let started = Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "own tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child }
-    }
-}
-
-impl Drop for OwnKafka {
-    fn drop(&mut self) {
-        common::sigkill(&mut self.child);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_unreachable_for_20s_loses_and_duplicates_nothing() {
     const EVENTS: u64 = 20_000;
     const OUTAGE: Duration = Duration::from_secs(20);
     let env = TestEnv::new("kafka_outage");
+    env.without_unique_key().await;
     let listen = common::free_port();
     let proxy = Proxy::start(&format!("127.0.0.1:{listen}")).await;
     let _kafka = OwnKafka::start(listen, &proxy);
@@ -309,7 +255,7 @@ async fn kafka_unreachable_for_20s_loses_and_duplicates_nothing() {
         delivery_pipeline::produce::produce(&p, &opts).await.expect("produce")
     });
     let mut child = env.spawn(&["run"], &[("DP_KAFKA__BROKERS", brokers.as_str())]);
-    wait_for("rows flowing", Duration::from_secs(60), || async { env.row_count().await >= 3_000 }).await;
+    wait_for("rows flowing", Duration::from_secs(60), || async { env.rows_so_far().await >= 3_000 }).await;
 
     proxy.cut();
     let at_cut = env.row_count().await;
@@ -325,8 +271,8 @@ async fn kafka_unreachable_for_20s_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = sigterm(&mut child, Duration::from_secs(25));
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
-    let (rows, distinct) = rows_and_distinct(&env).await;
-    let keys = env.redis_keys().await;
+    let (rows, distinct) = env.rows_and_distinct().await;
+    let keys = env.redis_leftovers().await.len();
     eprintln!(
         "kafka unreachable {OUTAGE:?}: rows at cut {at_cut}, at restore {at_restore} (buffered rows flushed during the outage); produced {}, rows {rows}, distinct {distinct}, redis keys {keys}",
         produced.len()

@@ -31,7 +31,7 @@ fn buffered(cluster: &RedisCluster, env: &TestEnv) -> usize {
 }
 
 fn log(env: &TestEnv) -> String {
-    std::fs::read_to_string(env.log_path()).unwrap_or_default()
+    common::read_log(&env.log_path())
 }
 
 async fn assert_exactly_once(env: &TestEnv, produced: &std::collections::BTreeSet<String>) {
@@ -57,7 +57,7 @@ async fn end_to_end_on_a_redis_cluster_stores_every_event_once_and_leaves_no_key
     let started = Instant::now();
     let settings = cluster_settings(&cluster);
     let mut child = env.spawn(&["run"], &with(&settings, &[]));
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+    wait_for("every event stored", Duration::from_secs(120), || async { env.rows_so_far().await >= EVENTS })
         .await;
     let stored_after = started.elapsed();
     wait_for("no key left", Duration::from_secs(30), || async { buffered(&cluster, &env) == 0 }).await;
@@ -101,7 +101,7 @@ async fn sigkill_mid_backlog_on_a_cluster_then_restart_with_the_other_key_form_s
     let tagged = [("DP_REDIS__HASH_TAG", "true"), ("DP_BUFFER__FLUSH_INTERVAL", "500ms")];
     let mut second = env.spawn(&["run"], &with(&settings, &tagged));
     wait_for("part of the backlog stored", Duration::from_secs(120), || async {
-        env.row_count().await >= EVENTS / 3
+        env.rows_so_far().await >= EVENTS / 3
     })
     .await;
     sigkill(&mut second);
@@ -110,7 +110,7 @@ async fn sigkill_mid_backlog_on_a_cluster_then_restart_with_the_other_key_form_s
 
     // Run 3 finishes.
     let mut third = env.spawn(&["run"], &with(&settings, &tagged));
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= EVENTS })
+    wait_for("every event stored", Duration::from_secs(120), || async { env.rows_so_far().await >= EVENTS })
         .await;
     wait_for("no key left", Duration::from_secs(30), || async { buffered(&cluster, &env) == 0 }).await;
     let status = sigterm(&mut third, Duration::from_secs(30));
@@ -177,7 +177,7 @@ async fn after_buffer_a_primary_restarted_mid_run_loses_nothing_acknowledged() {
 
     let mut second = env.spawn(&["run"], &with(&settings, &[("DP_COMMIT_POLICY", "after_buffer")]));
     let total = FIRST + SECOND;
-    wait_for("every event stored", Duration::from_secs(120), || async { env.row_count().await >= total })
+    wait_for("every event stored", Duration::from_secs(120), || async { env.rows_so_far().await >= total })
         .await;
     wait_for("no key left", Duration::from_secs(30), || async { buffered(&cluster, &env) == 0 }).await;
     let status = sigterm(&mut second, Duration::from_secs(30));

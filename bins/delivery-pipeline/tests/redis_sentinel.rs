@@ -38,7 +38,7 @@ async fn end_to_end_through_sentinels_stores_every_event_once() {
     assert_eq!(env.row_count().await, 0);
     let status = sigterm(&mut child, Duration::from_secs(30));
     assert!(status.success(), "clean exit, got {status}; log: {}", env.log_path().display());
-    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    let log = common::read_log(&env.log_path());
     assert!(!log.contains("write-ahead buffer unreachable"), "every append reached the primary:\n{log}");
     assert_eq!(sentinels.primary().count_keys(&pattern), 0, "the drain deleted every key");
     assert_eq!(env.row_count().await, EVENTS);

@@ -644,7 +644,7 @@ async fn the_pipeline_consumes_and_dead_letters_over_tls() {
         ],
     );
     wait_for("every event stored over TLS", Duration::from_secs(60), || async {
-        env.row_count().await >= report.produced
+        env.rows_so_far().await >= report.produced
     })
     .await;
     let status = common::sigterm(&mut child, Duration::from_secs(25));

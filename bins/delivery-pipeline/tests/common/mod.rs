@@ -141,18 +141,109 @@ impl TestEnv {
         mysql_async::Conn::new(opts).await.expect("mysql connection")
     }
 
+    /// Rows in the test's table; fails when the table does not exist (a count of a missing
+    /// table is no evidence of anything). To poll while the pipeline may still be creating it,
+    /// use [`rows_so_far`](Self::rows_so_far).
     pub async fn row_count(&self) -> u64 {
         self.scalar(&format!("SELECT COUNT(*) FROM `{}`", self.table)).await
     }
 
-    /// 0 while the table does not exist yet.
-    pub async fn scalar(&self, sql: &str) -> u64 {
+    /// Rows in the test's table, 0 while the table does not exist yet: for `wait_for` loops
+    /// only, never for an assertion.
+    pub async fn rows_so_far(&self) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM `{}`", self.table);
         let mut c = self.mysql().await;
-        match c.query_first::<u64, _>(sql).await {
+        match c.query_first::<u64, _>(&sql).await {
             Ok(v) => v.unwrap_or(0),
             Err(mysql_async::Error::Server(e)) if e.code == 1146 => 0,
             Err(e) => panic!("{sql}: {e}"),
         }
+    }
+
+    /// A single number; fails on any error, a missing table included.
+    pub async fn scalar(&self, sql: &str) -> u64 {
+        let mut c = self.mysql().await;
+        match c.query_first::<u64, _>(sql).await {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!("{sql}: no row"),
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+
+    /// Rows and distinct event ids in the test's table.
+    pub async fn rows_and_distinct(&self) -> (u64, u64) {
+        let mut c = self.mysql().await;
+        let sql = format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `{}`", self.table);
+        c.query_first(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).expect("one row")
+    }
+
+    /// Dead-letter entries of the test's table (the table must exist).
+    pub async fn dead_letters(&self) -> u64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM `{}_dead_letter`", self.table)).await
+    }
+
+    /// Creates the tables as the pipeline would (`migrate`), then drops the unique key on
+    /// `event_id`: only the transaction and the offset watermark stand between a replay and a
+    /// duplicate row, so any duplicate shows.
+    pub async fn without_unique_key(&self) {
+        let out = self.spawn(&["migrate"], &[]).wait().expect("migrate");
+        assert!(out.success(), "migrate failed; log: {}", self.log_path().display());
+        self.mysql()
+            .await
+            .query_drop(format!("ALTER TABLE `{}` DROP INDEX `uq_event_id`", self.table))
+            .await
+            .expect("drop unique key");
+    }
+
+    /// Every produced event stored exactly once as a row: rows = distinct = produced, the exact
+    /// set of event ids, no dead letter. Returns (rows, distinct) for the test's report.
+    pub async fn assert_stored_once(&self, produced: &BTreeSet<String>) -> (u64, u64) {
+        let (rows, distinct) = self.rows_and_distinct().await;
+        let dead = self.dead_letters().await;
+        let n = produced.len() as u64;
+        assert_eq!(
+            (rows, distinct, dead),
+            (n, n, 0),
+            "rows, distinct event ids, dead letters for {n} produced"
+        );
+        assert_eq!(&as_set(self.event_ids().await), produced, "exactly the produced event ids");
+        (rows, distinct)
+    }
+
+    /// The group's offset watermark (`pipeline_offsets.next_offset`) per partition of the
+    /// test's topic; partitions without a row are absent.
+    pub async fn watermarks(&self) -> std::collections::BTreeMap<i32, i64> {
+        let mut c = self.mysql().await;
+        c.exec(
+            "SELECT kafka_partition, next_offset FROM pipeline_offsets WHERE consumer_group = ? AND topic = ?",
+            (&self.group, &self.topic),
+        )
+        .await
+        .expect("read watermarks")
+        .into_iter()
+        .collect()
+    }
+
+    /// Kafka's committed offset of the test's group per partition `0..partitions` (`None`
+    /// where nothing is committed), read from `brokers`.
+    pub fn committed(&self, brokers: &str, partitions: i32) -> Vec<Option<i64>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", &self.group)
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        (0..partitions)
+            .map(|p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
     }
 
     pub async fn event_ids(&self) -> Vec<String> {
@@ -166,16 +257,17 @@ impl TestEnv {
         c
     }
 
-    /// Write-ahead keys of this test's instance.
+    /// Write-ahead keys of this test's instance, in both forms (`<prefix>:buffer:<id>:<uuid>`
+    /// and, with `redis.hash_tag`, `<prefix>:buffer:{<id>}:<uuid>`), on the shared Redis.
     pub async fn redis_keys(&self) -> usize {
-        use futures::TryStreamExt as _;
-        let c = self.redis().await;
-        let keys: Vec<Key> = c
-            .scan_buffered(format!("{}:buffer:{}:*", self.key_prefix, self.instance), Some(1000), None)
-            .try_collect()
-            .await
-            .expect("scan");
-        keys.len()
+        buffer_keys(&self.redis().await, &self.key_prefix, &self.instance).await
+    }
+
+    /// Every key left under the test's prefix on the shared Redis — write-ahead keys of any
+    /// instance in either form, leases, claims, records of cut-short appends, quarantined
+    /// records, the instance registry — for the final "nothing left behind" check.
+    pub async fn redis_leftovers(&self) -> Vec<String> {
+        prefix_keys(&self.redis().await, &self.key_prefix).await
     }
 
     /// Starts the binary as instance `<instance>-<name>`, logging to its own file.
@@ -194,20 +286,9 @@ impl TestEnv {
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}.log", self.name))
     }
 
-    /// Write-ahead keys of instance `<instance>-<name>`.
+    /// Write-ahead keys of instance `<instance>-<name>`, in both forms.
     pub async fn redis_keys_named(&self, name: &str) -> usize {
-        use futures::TryStreamExt as _;
-        let c = self.redis().await;
-        let keys: Vec<Key> = c
-            .scan_buffered(
-                format!("{}:buffer:{}:*", self.key_prefix, self.instance_named(name)),
-                Some(1000),
-                None,
-            )
-            .try_collect()
-            .await
-            .expect("scan");
-        keys.len()
+        buffer_keys(&self.redis().await, &self.key_prefix, &self.instance_named(name)).await
     }
 
     /// Starts the real binary with this test's settings plus `extra` variables.
@@ -245,11 +326,40 @@ impl TestEnv {
     }
 }
 
+/// Write-ahead keys of `instance` under `prefix`, both forms, on the server `c` talks to.
+pub async fn buffer_keys(c: &Client, prefix: &str, instance: &str) -> usize {
+    let plain = scan(c, &format!("{prefix}:buffer:{instance}:*")).await;
+    let tagged = scan(c, &format!("{prefix}:buffer:{{{instance}}}:*")).await;
+    plain.len() + tagged.len()
+}
+
+/// Every key under `prefix` on the server `c` talks to.
+pub async fn prefix_keys(c: &Client, prefix: &str) -> Vec<String> {
+    scan(c, &format!("{prefix}:*")).await
+}
+
+/// Keys matching a `SCAN` pattern (`[`, `]`, `{`, `}` are taken literally).
+async fn scan(c: &Client, pattern: &str) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let escaped: String = pattern
+        .chars()
+        .flat_map(|ch| if matches!(ch, '[' | ']') { vec!['\\', ch] } else { vec![ch] })
+        .collect();
+    let keys: Vec<Key> = c.scan_buffered(escaped, Some(1000), None).try_collect().await.expect("scan");
+    keys.iter().map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned()).collect()
+}
+
+/// The text of a log file; fails when it cannot be read (a check on a log that is not there
+/// proves nothing).
+pub fn read_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read log {}: {e}", path.display()))
+}
+
 /// The partitions the instance logging to `log` holds now, from its assignment and revocation
 /// lines since its last start (eager assignments revoke everything first, cooperative ones
 /// add and remove increments: applying the lines in order gives the holding either way).
 pub fn owned_partitions(log: &std::path::Path) -> BTreeSet<i32> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = read_log(log);
     let mut owned = BTreeSet::new();
     for line in text.lines() {
         if line.contains("delivery-pipeline started") {
@@ -263,6 +373,28 @@ pub fn owned_partitions(log: &std::path::Path) -> BTreeSet<i32> {
         }
     }
     owned
+}
+
+/// The counters an instance logged when it stopped cleanly (the last "delivery-pipeline stopped
+/// cleanly" line of its log: `stats=StatsSnapshot { consumed: 3, inserted: 3, … }`), by name.
+/// Fails when there is no such line.
+pub fn final_stats(log: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let text = read_log(log);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("delivery-pipeline stopped cleanly"))
+        .unwrap_or_else(|| panic!("{} has no clean stop", log.display()));
+    let inner = line
+        .split_once("StatsSnapshot {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(inner, _)| inner)
+        .unwrap_or_else(|| panic!("no counters in {line}"));
+    inner
+        .split(',')
+        .filter_map(|kv| kv.split_once(':'))
+        .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse().ok()?)))
+        .collect()
 }
 
 /// The partition numbers of a line's `partitions=[("topic", 0), ("topic", 1)]` field.
@@ -299,9 +431,9 @@ where
     }
 }
 
-/// How many times `needle` appears in the log at `path`.
+/// How many times `needle` appears in the log at `path`; fails when the log cannot be read.
 pub fn log_count(path: &std::path::Path, needle: &str) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.matches(needle).count())
+    read_log(path).matches(needle).count()
 }
 
 /// Sends SIGKILL (nothing runs after it: no drain, no commit, no cleanup).
@@ -335,15 +467,27 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// A redis-server of the test's own (never the shared one), without persistence.
+/// A redis-server of the test's own (never the shared one): without persistence, or with an
+/// append-only file synced on every write.
 pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
+    /// Where the AOF lives, for a persistent server.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl OwnRedis {
     pub fn start(port: u16) -> Self {
-        let mut r = Self { port, child: None };
+        let mut r = Self { port, child: None, dir: None };
+        r.restart();
+        r
+    }
+
+    /// A server that persists every write before answering (`appendonly yes`, `appendfsync
+    /// always`), as `commit_policy = "after_buffer"` requires; a restart reloads its AOF.
+    pub fn start_persistent(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("redis data directory");
+        let mut r = Self { port, child: None, dir: Some(dir) };
         r.restart();
         r
     }
@@ -353,17 +497,17 @@ impl OwnRedis {
     }
 
     pub fn restart(&mut self) {
+        let mut args: Vec<String> =
+            ["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""].map(String::from).into();
+        match &self.dir {
+            Some(dir) => args.extend(
+                ["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir.path().to_string_lossy()]
+                    .map(String::from),
+            ),
+            None => args.extend(["--appendonly", "no"].map(String::from)),
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -381,7 +525,7 @@ impl OwnRedis {
         }
     }
 
-    /// SIGKILL: the server and everything in it are gone.
+    /// SIGKILL: the server is gone, and with it everything it holds unless it persists.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             sigkill(&mut c);
@@ -418,6 +562,53 @@ impl std::ops::Deref for Proxy {
     fn deref(&self) -> &Self::Target {
         &self.0
     }
+}
+
+/// A tansu broker of the test's own, reached only through `proxy` (it advertises the proxy's
+/// port), so cutting the proxy makes the broker unreachable for every client.
+pub struct OwnKafka {
+    child: std::process::Child,
+}
+
+impl OwnKafka {
+    pub fn start(listen: u16, proxy: &Proxy) -> Self {
+        // Where `scripts/kafka.sh start` installs it (DP_KAFKA_DIR overrides, as for the script).
+        let dir = std::env::var("DP_KAFKA_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
+        let bin = format!("{dir}/tansu");
+        let child = std::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", proxy.port),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu must be installed by `scripts/kafka.sh start`");
+        let addr = format!("127.0.0.1:{listen}").parse().expect("addr");
+        let started = Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "own tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        sigkill(&mut self.child);
+    }
+}
+
+/// A broker address nothing listens on: a Kafka that cannot be reached.
+pub fn unreachable_kafka() -> String {
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// The address the instance logging to `log` serves HTTP on (from its startup line).
