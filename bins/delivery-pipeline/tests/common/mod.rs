@@ -177,6 +177,13 @@ impl TestEnv {
         c.query_first(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")).expect("one row")
     }
 
+    /// Distinct Kafka coordinates (partition, offset) among the rows: equal to the row count when
+    /// no message was stored twice, whatever the producer did.
+    pub async fn distinct_coordinates(&self) -> u64 {
+        self.scalar(&format!("SELECT COUNT(DISTINCT kafka_partition, kafka_offset) FROM `{}`", self.table))
+            .await
+    }
+
     /// Dead-letter entries of the test's table (the table must exist).
     pub async fn dead_letters(&self) -> u64 {
         self.scalar(&format!("SELECT COUNT(*) FROM `{}_dead_letter`", self.table)).await
@@ -604,6 +611,42 @@ impl Drop for OwnKafka {
     fn drop(&mut self) {
         sigkill(&mut self.child);
     }
+}
+
+/// Messages in partitions `0..partitions` of `topic`, counted by reading them all from `brokers`
+/// (the test broker's partition watermarks are not exact enough to count with).
+pub fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> u64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("count-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut count, mut done) = (0u64, BTreeSet::new());
+    let started = Instant::now();
+    while done.len() < partitions as usize {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "counting the messages of {topic} took over 60 s"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => count += 1,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => panic!("counting the messages of {topic}: {e}"),
+            None => {}
+        }
+    }
+    count
 }
 
 /// A broker address nothing listens on: a Kafka that cannot be reached.
