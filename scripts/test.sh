@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/kafka.sh start
+# Python packages of the tests (pinned): kafka-python and its codec libraries, for the
+# independent-producer tests. A no-op when installed; Debian's own python3 needs
+# --break-system-packages (PEP 668).
+py_req=bins/delivery-pipeline/tests/support/requirements.txt
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$py_req" 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages -r "$py_req"
+python3 -c 'import kafka, kafka.codec as c; assert c.has_snappy() and c.has_lz4() and c.has_zstd(); print("kafka-python", kafka.__version__)'
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets "$@"
 else
