@@ -219,7 +219,7 @@ impl Pipeline {
                 done = join(&mut in_flight) => {
                     in_flight = None;
                     complete(source.as_mut(), &mut write_ahead, done?);
-                    if spill.is_empty() && let Some(trigger) = acc.due(Instant::now()) {
+                    if spill.is_empty() && let Some(trigger) = acc.due(now()) {
                         in_flight = Some(start(&deliverer, &mut acc, trigger));
                     }
                 }
@@ -239,13 +239,13 @@ impl Pipeline {
                                 tracing::warn!(error = %e, "storing offsets failed; the group may re-read these records");
                             }
                         }
-                        acc.extend(records, appended.keys, Instant::now());
+                        acc.extend(records, appended.keys, now());
                         if source.revoked() {
                             tracing::info!(buffered = acc.len(), "partitions revoked: flushing what is buffered now");
                             flush_now = true;
                         } else if in_flight.is_none()
                             && spill.is_empty()
-                            && acc.due(Instant::now()) == Some(FlushTrigger::Size)
+                            && acc.due(now()) == Some(FlushTrigger::Size)
                         {
                             in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                         }
@@ -469,6 +469,12 @@ async fn join_handle(
     handle: &mut JoinHandle<Result<Delivered, PipelineError>>,
 ) -> Result<Delivered, PipelineError> {
     handle.await.map_err(|e| PipelineError::Task(e.to_string()))?
+}
+
+/// Now on tokio's clock (which the interval's `sleep_until` runs on), as a `std` instant for the
+/// accumulator: one clock for both, also when a test pauses tokio's time.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
