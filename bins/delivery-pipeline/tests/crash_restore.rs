@@ -107,6 +107,33 @@ async fn a_dead_instances_buffer_is_adopted_under_a_new_id_even_without_kafka() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stores_what_the_instance_holds_commits_it_and_exits_0() {
+    let env = TestEnv::new("drain");
+    env.create_topic(3).await;
+    env.without_unique_key().await;
+    let produced = as_set(env.produce(EVENTS).await);
+    let mut child = env.spawn(&["run"], &HOLD);
+    wait_for("the whole backlog held", Duration::from_secs(90), || async {
+        env.redis_keys().await == EVENTS as usize
+    })
+    .await;
+    assert_eq!(env.row_count().await, 0, "nothing stored before the signal");
+    let status = sigterm(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "the drain exits 0, got {status}");
+    // Checked at once, before anything else runs: the drain itself stored, committed, cleaned up.
+    let (rows, distinct) = env.assert_stored_once(&produced).await;
+    let committed: i64 = env.committed(common::KAFKA, 3).iter().flatten().sum();
+    let left = env.redis_leftovers().await;
+    eprintln!(
+        "drain: held {EVENTS}; rows {rows}, distinct {distinct}, committed {committed}, redis keys left {}",
+        left.len()
+    );
+    assert_eq!(committed, EVENTS as i64, "the drain committed what it stored");
+    assert!(left.is_empty(), "the drain deleted its keys and its lease: {left:?}");
+    env.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_and_the_next_start_restores_what_was_held() {
     let env = TestEnv::new("second_signal");
     env.create_topic(3).await;
