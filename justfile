@@ -35,6 +35,13 @@ kafka-start:
 kafka-stop:
     scripts/kafka.sh stop
 
+# Start / stop the Oracle MySQL server the MySQL tests use (127.0.0.1:3307, under target/mysql).
+mysql-start:
+    scripts/mysql.sh start
+
+mysql-stop:
+    scripts/mysql.sh stop
+
 # Print the DDL of the tables.
 ddl:
     cargo run -q -p delivery-pipeline -- migrate --dry-run

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests (no services), then integration and fault tests against the
-# real broker (started here), MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379.
+# real broker and Oracle MySQL (both started here), MariaDB on 127.0.0.1:3306 and Redis on
+# 127.0.0.1:6379.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ py_req=bins/delivery-pipeline/tests/support/requirements.txt
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$py_req" 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages -r "$py_req"
 python3 -c 'import kafka, kafka.codec as c; assert c.has_snappy() and c.has_lz4() and c.has_zstd(); print("kafka-python", kafka.__version__)'
+scripts/mysql.sh start
+export TEST_MYSQL_URL="${TEST_MYSQL_URL:-$(scripts/mysql.sh url)}"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets "$@"
 else

@@ -1,10 +1,11 @@
 //! TLS and credentials against servers of the test's own, with certificates the test makes
-//! with the `openssl` command: a Redis and a MariaDB that speak only TLS, and a Kafka broker
-//! (tansu) behind a TLS-terminating `socat`. Each is checked with the right CA (it connects,
-//! and the data path works), a wrong CA and an expired certificate (startup fails, naming the
-//! service, the redacted URL and what is wrong with the certificate), and client certificates
-//! where the server asks for them. The last test runs the binary with secrets in URLs, files
-//! and variables against servers that refuse them, and greps everything it printed.
+//! with the `openssl` command: a Redis, a MariaDB and an Oracle MySQL that speak only TLS, and
+//! a Kafka broker (tansu) behind a TLS-terminating `socat`. Each is checked with the right CA
+//! (it connects, and the data path works), a wrong CA and an expired certificate (startup
+//! fails, naming the service, the redacted URL and what is wrong with the certificate), and
+//! client certificates where the server asks for them. The last test runs the binary with
+//! secrets in URLs, files and variables against servers that refuse them, and greps everything
+//! it printed.
 
 mod common;
 
@@ -464,6 +465,96 @@ async fn mariadb_over_tls_verifies_the_server_and_fails_clearly() {
     let e = mysql_connect_error(&config).await;
     assert!(e.starts_with("mysql.url: cannot connect to mysql at mysql://root@127.0.0.1"), "{e}");
     assert!(e.contains("certificate has expired"), "{e}");
+    drop(admin);
+}
+
+/// The same against Oracle MySQL of the test's own (`scripts/mysql.sh mysqld`, a fresh data
+/// directory), TLS with the PKI's server certificate and `require_secure_transport`. Its users
+/// have `caching_sha2_password`, whose password travels over the verified TLS connection.
+/// MySQL itself refuses to load an expired certificate (`ALTER INSTANCE RELOAD TLS`: "Invalid
+/// certificates"), so that case is the MariaDB test's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_over_tls_verifies_the_server_and_fails_clearly() {
+    let pki = Pki::generate();
+    let cert = pki.path("mysql-server.pem");
+    std::fs::copy(pki.path("server.pem"), &cert).expect("copy cert");
+    let file = |name: &str, path: &Path| format!("--{name}={}", path.display());
+    let db = common::mysql::OwnMysql::start(&[
+        file("ssl-ca", &pki.path("ca.pem")),
+        file("ssl-cert", &cert),
+        file("ssl-key", &pki.path("server.key")),
+        "--require-secure-transport=ON".into(),
+    ]);
+
+    let config = sink_config(db.url("root", "test"), pki.tls("ca.pem"), "tls_events");
+    let mut admin = mysql_async::Conn::new({
+        let mut c = config.clone();
+        c.url = SecretUrl::new(db.url("root", "mysql"));
+        c.opts().expect("opts")
+    })
+    .await
+    .expect("admin connection over TLS");
+    let version: Option<String> = admin.query_first("SELECT VERSION()").await.expect("version");
+    assert!(!version.clone().unwrap_or_default().contains("MariaDB"), "{version:?}");
+    admin.query_drop("CREATE DATABASE IF NOT EXISTS test").await.expect("create database");
+    let sink = MysqlSink::connect(&config).await.expect("the sink connects with verification on");
+    let payload = br#"{"event_id":"tls-1","tracking_id":"T1","status":"DELIVERED","event_time":"2026-01-01T00:00:00Z"}"#;
+    let outcome = sink.write_batch(&[Record::new("t", 0, 0, Some(payload.to_vec()))]).await.expect("write");
+    assert_eq!(outcome.inserted, 1, "{outcome:?}");
+    let mut conn = sink.pool().get_conn().await.expect("pool connection");
+    let cipher: Option<(String, String)> =
+        conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'").await.expect("status");
+    let cipher = cipher.map(|(_, c)| c).unwrap_or_default();
+    assert!(!cipher.is_empty(), "the sink's pool connection is not encrypted");
+    drop(conn);
+    sink.close().await.expect("close");
+
+    let e =
+        mysql_connect_error(&sink_config(db.url("root", "test"), TlsConfig::default(), "tls_events")).await;
+    assert!(e.contains("insecure transport"), "{e}");
+
+    admin
+        .query_drop(
+            "CREATE USER 'app'@'%' IDENTIFIED WITH caching_sha2_password BY 'mysql-file-secret' REQUIRE X509",
+        )
+        .await
+        .expect("user");
+    admin.query_drop("GRANT ALL ON test.* TO 'app'@'%'").await.expect("grant");
+    let e = mysql_connect_error(&sink_config(
+        db.url("app:mysql-url-secret", "test"),
+        pki.tls("other-ca.pem"),
+        "tls_events",
+    ))
+    .await;
+    assert!(
+        e.starts_with(&format!(
+            "mysql.url: cannot connect to mysql at mysql://app:***@127.0.0.1:{}/test",
+            db.port
+        )),
+        "{e}"
+    );
+    assert!(e.contains("certificate is not trusted") && e.contains("mysql.tls.ca_file"), "{e}");
+    assert!(!e.contains("mysql-url-secret"), "{e}");
+
+    let password = pki.path("mysql-password");
+    std::fs::write(&password, "mysql-file-secret\n").expect("write");
+    let mut app = sink_config(db.url("app", "test"), pki.with_client_cert(pki.tls("ca.pem")), "tls_events");
+    app.password_file = Some(password);
+    app.create_table = false;
+    MysqlSink::connect(&app)
+        .await
+        .expect("client certificate and password file")
+        .close()
+        .await
+        .expect("close");
+    app.tls = pki.tls("ca.pem");
+    let e = mysql_connect_error(&app).await;
+    assert!(e.contains("Access denied"), "no client certificate, no entry: {e}");
+
+    std::fs::copy(pki.path("elsewhere.pem"), &cert).expect("swap cert");
+    admin.query_drop("ALTER INSTANCE RELOAD TLS").await.expect("reload TLS");
+    let e = mysql_connect_error(&config).await;
+    assert!(e.contains("does not name the host"), "{e}");
     drop(admin);
 }
 

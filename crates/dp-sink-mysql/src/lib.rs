@@ -652,7 +652,7 @@ impl MysqlSink {
         };
         Arc::clone(cache.entry((target, rows)).or_insert_with(|| {
             Arc::from(match target {
-                Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, rows),
+                Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, self.syntax, rows),
                 Target::Table(i) => {
                     let t = &self.tables[i];
                     match &t.shape {
@@ -848,7 +848,7 @@ impl MysqlSink {
                 state.ranges_text().map_or(Value::NULL, Value::from),
             ]);
         }
-        tx.exec_drop(sql::advance_offsets(&self.offsets_table, covered.len()), params)
+        tx.exec_drop(sql::advance_offsets(&self.offsets_table, self.syntax, covered.len()), params)
             .await
             .map_err(|e| classify("cannot advance offset watermarks", e))
     }

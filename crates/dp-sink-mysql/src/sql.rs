@@ -145,12 +145,15 @@ pub fn seed_offsets(table: &str, partitions: usize) -> String {
 /// Writes the stored offsets of `partitions` partitions, computed from the rows this
 /// transaction locked; the watermark is never lowered. Parameters: group, topic, partition,
 /// next offset and ranges text, per row.
-pub fn advance_offsets(table: &str, partitions: usize) -> String {
+pub fn advance_offsets(table: &str, syntax: UpsertSyntax, partitions: usize) -> String {
     format!(
         "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`, `stored_ranges`) \
-         VALUES {} ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`next_offset`, VALUES(`next_offset`)), \
-         `stored_ranges` = VALUES(`stored_ranges`)",
-        values_list(5, partitions)
+         VALUES {}{} ON DUPLICATE KEY UPDATE `next_offset` = GREATEST({}, {}), `stored_ranges` = {}",
+        values_list(5, partitions),
+        syntax.alias(),
+        syntax.stored(table, "next_offset"),
+        syntax.incoming("next_offset"),
+        syntax.incoming("stored_ranges"),
     )
 }
 
@@ -187,6 +190,32 @@ pub enum UpsertSyntax {
 }
 
 impl UpsertSyntax {
+    /// What follows the `VALUES` list: the row alias, or nothing.
+    fn alias(self) -> &'static str {
+        match self {
+            Self::ValuesFunction => "",
+            Self::RowAlias => " AS dp_new",
+        }
+    }
+
+    /// The incoming row's value of column `c`, in `ON DUPLICATE KEY UPDATE`.
+    fn incoming(self, c: &str) -> String {
+        match self {
+            Self::ValuesFunction => format!("VALUES(`{c}`)"),
+            Self::RowAlias => format!("dp_new.`{c}`"),
+        }
+    }
+
+    /// The stored row's value of column `c` of `table`, in `ON DUPLICATE KEY UPDATE`. Next to
+    /// the row alias a bare name is ambiguous when the alias has that column too (MySQL:
+    /// `Column 'event_time' in field list is ambiguous`), so it is qualified with the table.
+    fn stored(self, table: &str, c: &str) -> String {
+        match self {
+            Self::ValuesFunction => format!("`{c}`"),
+            Self::RowAlias => format!("`{table}`.`{c}`"),
+        }
+    }
+
     /// The syntax for a server reporting `version` (`SELECT VERSION()`).
     pub fn for_server(version: &str) -> Self {
         if version.to_ascii_lowercase().contains("mariadb") {
@@ -217,32 +246,28 @@ pub fn write_rows(
     let names = mapping.names();
     let mut out =
         format!("INSERT INTO `{table}` ({}) VALUES {}", column_list(&names), values_list(names.len(), rows));
-    let incoming = |c: &str| match syntax {
-        UpsertSyntax::ValuesFunction => format!("VALUES(`{c}`)"),
-        UpsertSyntax::RowAlias => format!("dp_new.`{c}`"),
-    };
-    if mapping.mode == WriteMode::Upsert && syntax == UpsertSyntax::RowAlias {
-        out.push_str(" AS dp_new");
-    }
-    out.push_str(" ON DUPLICATE KEY UPDATE ");
     if mapping.mode == WriteMode::Insert {
         let k = names[mapping.key[0]];
-        out.push_str(&format!("`{k}` = `{k}`"));
+        out.push_str(&format!(" ON DUPLICATE KEY UPDATE `{k}` = `{k}`"));
         return out;
     }
+    out.push_str(syntax.alias());
+    out.push_str(" ON DUPLICATE KEY UPDATE ");
+    let incoming = |c: &str| syntax.incoming(c);
+    let stored = |c: &str| syntax.stored(table, c);
     let mut order: Vec<usize> =
         (0..names.len()).filter(|i| !mapping.key.contains(i) && Some(*i) != mapping.guard).collect();
     order.extend(mapping.guard);
     let condition = mapping.guard.map(|g| {
         let g = names[g];
-        format!("(`{g}` IS NULL OR {} > `{g}`)", incoming(g))
+        format!("({0} IS NULL OR {1} > {0})", stored(g), incoming(g))
     });
     let assignments: Vec<String> = order
         .iter()
         .map(|&i| {
             let c = names[i];
             match &condition {
-                Some(cond) => format!("`{c}` = IF({cond}, {}, `{c}`)", incoming(c)),
+                Some(cond) => format!("`{c}` = IF({cond}, {}, {})", incoming(c), stored(c)),
                 None => format!("`{c}` = {}", incoming(c)),
             }
         })
@@ -269,14 +294,19 @@ pub fn upsert_outcome(rows: usize, affected: usize, info: &str) -> dp_core::Batc
 
 /// A multi-row insert of dead-letter entries; a repeat of the same coordinates counts another
 /// attempt and keeps the newest reason.
-pub fn insert_dead_letters(table: &str, rows: usize) -> String {
+pub fn insert_dead_letters(table: &str, syntax: UpsertSyntax, rows: usize) -> String {
+    let newest: Vec<String> = ["error_class", "mysql_errno", "sqlstate", "reason"]
+        .iter()
+        .map(|c| format!("`{c}` = {}", syntax.incoming(c)))
+        .collect();
     format!(
-        "INSERT INTO `{table}` ({}) VALUES {} ON DUPLICATE KEY UPDATE \
-         `attempts` = `attempts` + 1, `last_failed_at` = CURRENT_TIMESTAMP(3), \
-         `error_class` = VALUES(`error_class`), `mysql_errno` = VALUES(`mysql_errno`), \
-         `sqlstate` = VALUES(`sqlstate`), `reason` = VALUES(`reason`)",
+        "INSERT INTO `{table}` ({}) VALUES {}{} ON DUPLICATE KEY UPDATE \
+         `attempts` = {} + 1, `last_failed_at` = CURRENT_TIMESTAMP(3), {}",
         column_list(DEAD_LETTER_COLUMNS),
-        values_list(DEAD_LETTER_COLUMNS.len(), rows)
+        values_list(DEAD_LETTER_COLUMNS.len(), rows),
+        syntax.alias(),
+        syntax.stored(table, "attempts"),
+        newest.join(", ")
     )
 }
 
@@ -325,7 +355,12 @@ mod tests {
         assert_eq!(sql.matches('?').count(), 3 * ROW_COLUMNS.len());
         assert!(sql.contains("ON DUPLICATE KEY UPDATE `event_id` = `event_id`"));
         assert!(!sql.contains("IGNORE"));
-        assert_eq!(insert_dead_letters("d", 2).matches('?').count(), 2 * DEAD_LETTER_COLUMNS.len());
+        for syntax in [UpsertSyntax::ValuesFunction, UpsertSyntax::RowAlias] {
+            assert_eq!(
+                insert_dead_letters("d", syntax, 2).matches('?').count(),
+                2 * DEAD_LETTER_COLUMNS.len()
+            );
+        }
     }
 
     fn status_mapping(mode: &str, guard: Option<&str>) -> crate::columns::ColumnMapping {
@@ -370,10 +405,17 @@ mod tests {
                  `status` = IF({cond}, VALUES(`status`), `status`), `event_time` = IF({cond}, VALUES(`event_time`), `event_time`)"
             )
         );
-        let alias = write_rows("s", &m, UpsertSyntax::RowAlias, 1);
-        assert!(alias.contains("VALUES (?,?,?) AS dp_new ON DUPLICATE KEY UPDATE"), "{alias}");
-        assert!(alias.contains("dp_new.`event_time` > `event_time`"), "{alias}");
-        assert!(!alias.contains("VALUES(`"), "{alias}");
+        // Every stored value is qualified with the table: a bare `event_time` is ambiguous
+        // next to the row alias on MySQL.
+        let cond = "(`s`.`event_time` IS NULL OR dp_new.`event_time` > `s`.`event_time`)";
+        assert_eq!(
+            write_rows("s", &m, UpsertSyntax::RowAlias, 1),
+            format!(
+                "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?) AS dp_new ON DUPLICATE KEY UPDATE \
+                 `status` = IF({cond}, dp_new.`status`, `s`.`status`), \
+                 `event_time` = IF({cond}, dp_new.`event_time`, `s`.`event_time`)"
+            )
+        );
         let plain = write_rows("s", &status_mapping("upsert", None), UpsertSyntax::ValuesFunction, 1);
         assert!(plain.ends_with(
             "ON DUPLICATE KEY UPDATE `status` = VALUES(`status`), `event_time` = VALUES(`event_time`)"
@@ -435,12 +477,44 @@ mod tests {
         assert!(lock.ends_with("FOR UPDATE"));
         assert!(!read_offsets("o", 3).contains("FOR UPDATE"));
         assert!(lock.contains("`stored_ranges`"));
-        let adv = advance_offsets("o", 2);
+        let adv = advance_offsets("o", UpsertSyntax::ValuesFunction, 2);
         assert_eq!(adv.matches('?').count(), 10);
         let seed = seed_offsets("o", 2);
         assert_eq!(seed.matches('?').count(), 6);
         assert!(seed.ends_with("`next_offset` = `next_offset`"), "seeding changes no existing row");
         assert!(adv.contains("GREATEST(`next_offset`, VALUES(`next_offset`))"));
+        let adv = advance_offsets("o", UpsertSyntax::RowAlias, 2);
+        assert!(
+            adv.ends_with(
+                "AS dp_new ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`o`.`next_offset`, dp_new.`next_offset`), \
+                 `stored_ranges` = dp_new.`stored_ranges`"
+            ),
+            "{adv}"
+        );
+    }
+
+    #[test]
+    fn mysql_statements_use_the_row_alias_and_qualify_stored_columns() {
+        let m = status_mapping("upsert", Some("event_time"));
+        let statements = [
+            write_rows("s", &m, UpsertSyntax::RowAlias, 2),
+            write_rows("s", &status_mapping("upsert", None), UpsertSyntax::RowAlias, 2),
+            insert_dead_letters("d", UpsertSyntax::RowAlias, 2),
+            advance_offsets("o", UpsertSyntax::RowAlias, 2),
+        ];
+        for sql in &statements {
+            assert!(!sql.contains("VALUES("), "VALUES() is deprecated on MySQL: {sql}");
+            assert!(sql.contains(") AS dp_new ON DUPLICATE KEY UPDATE "), "{sql}");
+        }
+        assert!(
+            statements[2].contains("`attempts` = `d`.`attempts` + 1")
+                && statements[2].ends_with("`reason` = dp_new.`reason`"),
+            "{}",
+            statements[2]
+        );
+        // Insert mode needs no alias: its no-op update reads no incoming value.
+        let insert = write_rows("s", &status_mapping("insert", None), UpsertSyntax::RowAlias, 1);
+        assert!(insert.ends_with(") ON DUPLICATE KEY UPDATE `tracking_id` = `tracking_id`"), "{insert}");
     }
 
     #[test]

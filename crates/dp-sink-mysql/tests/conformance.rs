@@ -1,6 +1,8 @@
-//! The MySQL sink through the sink conformance kit, against the real MariaDB on
-//! 127.0.0.1:3306, reached through a proxy the test can cut (a transient outage). Once plain and
+//! The MySQL sink through the sink conformance kit, against the real MariaDB and MySQL
+//! (`servers`), reached through a proxy the test can cut (a transient outage). Once plain and
 //! once keeping offset watermarks for a consumer group; each run has tables of its own.
+
+mod servers;
 
 use std::sync::Arc;
 
@@ -8,8 +10,9 @@ use dp_core::{Record, SecretUrl, Sink};
 use dp_sink_conformance::{Harness, Proxy, anyhow, async_trait, run};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
 use mysql_async::prelude::Queryable;
+use servers::{Server, on_both_servers};
 
-const MYSQL: &str = "127.0.0.1:3306";
+on_both_servers!(mysql_sink_meets_the_sink_contract, mysql_sink_with_watermarks_meets_the_sink_contract);
 
 struct MysqlHarness {
     sink: Arc<MysqlSink>,
@@ -23,23 +26,16 @@ struct MysqlHarness {
 
 impl MysqlHarness {
     /// Fresh tables named after `tag`, and with `group` the sink in watermark mode.
-    async fn new(tag: &str, group: Option<String>) -> Self {
+    async fn new(server: &Server, tag: &str, group: Option<String>) -> Self {
         let unique = uuid::Uuid::now_v7().as_simple().to_string();
         let table = format!("conf_{tag}_{}_{}", std::process::id(), &unique[20..]);
-        let opts = mysql_async::OptsBuilder::from_opts(
-            mysql_async::Opts::from_url(&format!("mysql://root@{MYSQL}/test")).expect("url"),
-        )
-        .prefer_socket(false);
-        let direct = mysql_async::Pool::new(opts);
-        let mut conn = direct
-            .get_conn()
-            .await
-            .unwrap_or_else(|e| panic!("MariaDB must answer on {MYSQL} (user root, database test): {e}"));
+        let direct = server.pool().await;
+        let mut conn = direct.get_conn().await.expect("connection");
         conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_dead_letter`"))
             .await
             .expect("drop");
         drop(conn);
-        let proxy = Proxy::start(MYSQL).await.expect("start the proxy");
+        let proxy = Proxy::start(&server.address()).await.expect("start the proxy");
         let config = MysqlSinkConfig {
             url: SecretUrl::new(format!("mysql://root@{}/test", proxy.address())),
             table: table.clone(),
@@ -106,19 +102,17 @@ impl Harness for MysqlHarness {
     }
 }
 
-#[tokio::test]
-async fn mysql_sink_meets_the_sink_contract() {
-    let harness = MysqlHarness::new("plain", None).await;
+async fn mysql_sink_meets_the_sink_contract(server: &Server) {
+    let harness = MysqlHarness::new(server, "plain", None).await;
     let report = run("mysql", &harness).await;
     println!("{report}");
     assert!(report.skipped.is_empty(), "{report}");
     harness.clean_up().await;
 }
 
-#[tokio::test]
-async fn mysql_sink_with_watermarks_meets_the_sink_contract() {
+async fn mysql_sink_with_watermarks_meets_the_sink_contract(server: &Server) {
     let group = format!("conformance-{}-{}", std::process::id(), uuid::Uuid::now_v7().as_simple());
-    let harness = MysqlHarness::new("wm", Some(group)).await;
+    let harness = MysqlHarness::new(server, "wm", Some(group)).await;
     let report = run("mysql-watermarks", &harness).await;
     println!("{report}");
     assert!(report.skipped.is_empty(), "{report}");

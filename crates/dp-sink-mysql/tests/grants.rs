@@ -1,23 +1,27 @@
 //! The least privilege `docs/security.md` recommends is enough: a MySQL user with only
 //! `SELECT, INSERT, UPDATE` on the pipeline's tables (created beforehand by `migrate` under DDL
 //! rights) runs every sink path — rows, upserts, dead letters, watermarks, the live-table check
-//! — and cannot create a table. Real MariaDB on 127.0.0.1:3306; the user is the test's own.
+//! — and cannot create a table. Real MariaDB and MySQL (`servers`); the user is the test's own.
+//! On MySQL the user has the server's default authentication, `caching_sha2_password`, and the
+//! sink logs in over plain TCP (the client fetches the server's RSA key for the password).
+
+mod servers;
 
 use dp_core::{Record, SecretUrl, Sink};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
 use mysql_async::prelude::Queryable;
+use servers::{Server, on_both_servers};
 
-const ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
+on_both_servers!(the_runtime_user_needs_only_select_insert_update_on_its_tables);
 
-#[tokio::test]
-async fn the_runtime_user_needs_only_select_insert_update_on_its_tables() {
+async fn the_runtime_user_needs_only_select_insert_update_on_its_tables(server: &Server) {
     let id = std::process::id();
     let (user, password) = (format!("dp_rt_{id}"), format!("pw-{id}-secret"));
     let table = format!("grants_{id}");
     let status = format!("grants_status_{id}");
     let text = format!(
         r#"
-        url = "{ADMIN}"
+        url = "{admin_url}"
         table = "{table}"
         offsets_table = "{table}_offsets"
         [[routes]]
@@ -29,13 +33,13 @@ async fn the_runtime_user_needs_only_select_insert_update_on_its_tables() {
           {{ name = "event_time", pointer = "/event_time", type = "timestamp", required = true }},
         ]
         write = {{ mode = "upsert", key = ["tracking_id"], guard = "event_time" }}
-        "#
+        "#,
+        admin_url = server.url
     );
     let mut config: MysqlSinkConfig = toml::from_str(&text).expect("config");
 
     // `migrate`, as the admin.
-    let pool = mysql_async::Pool::new(ADMIN);
-    let mut admin = pool.get_conn().await.unwrap_or_else(|e| panic!("MariaDB must answer on {ADMIN}: {e}"));
+    let mut admin = server.conn().await;
     let tables = [table.clone(), status.clone(), config.dead_letter_table(), config.offsets_table.clone()];
     for t in &tables {
         admin.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
@@ -53,7 +57,7 @@ async fn the_runtime_user_needs_only_select_insert_update_on_its_tables() {
     }
 
     // The pipeline, as the runtime user.
-    config.url = SecretUrl::new(format!("mysql://{user}:{password}@127.0.0.1:3306/test"));
+    config.url = SecretUrl::new(server.url_as(&user, &password));
     config.create_table = false;
     let sink = MysqlSink::connect(&config)
         .await
@@ -86,6 +90,14 @@ async fn the_runtime_user_needs_only_select_insert_update_on_its_tables() {
 
     // Nothing beyond that: no DDL.
     let mut conn = sink.pool().get_conn().await.expect("conn");
+    if server.is_mysql() {
+        let plugin: Option<String> =
+            admin.exec_first("SELECT plugin FROM mysql.user WHERE user = ?", (&user,)).await.expect("plugin");
+        assert_eq!(plugin.as_deref(), Some("caching_sha2_password"));
+        let cipher: Option<(String, String)> =
+            conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'").await.expect("status");
+        assert_eq!(cipher.map(|(_, c)| c).as_deref(), Some(""), "the sink's connection is plain TCP");
+    }
     let denied = conn.query_drop(format!("CREATE TABLE `{table}_x` (a INT)")).await.expect_err("no CREATE");
     assert!(denied.to_string().contains("denied"), "{denied}");
     let err = MysqlSink::connect(&MysqlSinkConfig { create_table: true, ..config.clone() })

@@ -1,36 +1,44 @@
-//! The MySQL sink against the real MariaDB on 127.0.0.1:3306: the watermark filter, in-batch
-//! duplicate offsets and the dead-letter path, on a table without a unique key.
+//! The MySQL sink against the real MariaDB and MySQL (`servers`): the watermark filter,
+//! in-batch duplicate offsets and the dead-letter path, on a table without a unique key.
+
+mod servers;
 
 use dp_core::{DeadLetter, Record, SecretUrl, Sink};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig, WatermarkMode};
 use mysql_async::prelude::Queryable;
+use servers::{Server, on_both_servers};
+
+on_both_servers!(
+    records_below_the_watermark_and_repeated_offsets_are_written_once,
+    under_after_buffer_older_records_stored_after_newer_ones_are_neither_skipped_nor_doubled,
+    a_batch_whose_watermark_cannot_be_written_stores_nothing,
+);
 
 fn rec(offset: i64) -> Record {
     Record::new("t", 0, offset, Some(format!(r#"{{"status":"S{offset}"}}"#).into_bytes()))
 }
 
-async fn sink_without_unique_key(name: &str) -> (MysqlSink, mysql_async::Conn, String) {
+async fn sink_without_unique_key(server: &Server, name: &str) -> (MysqlSink, mysql_async::Conn, String) {
     let table = format!("sink_{name}_{}", std::process::id());
+    let mut conn = server.conn().await;
+    conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
+        .await
+        .expect("drop");
     let config = MysqlSinkConfig {
-        url: SecretUrl::new("mysql://root@127.0.0.1:3306/test"),
+        url: SecretUrl::new(&server.url),
         table: table.clone(),
         offsets_table: format!("{table}_offsets"),
         ..MysqlSinkConfig::default()
     };
-    let sink = MysqlSink::connect(&config)
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB must answer on 127.0.0.1:3306: {e}"))
-        .with_consumer_group("g");
-    let mut conn = sink.pool().get_conn().await.expect("conn");
+    let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("g");
     conn.query_drop(format!("ALTER TABLE `{table}` DROP INDEX `uq_event_id`"))
         .await
         .expect("drop unique key");
     (sink, conn, table)
 }
 
-#[tokio::test]
-async fn records_below_the_watermark_and_repeated_offsets_are_written_once() {
-    let (sink, mut conn, table) = sink_without_unique_key("dedupe").await;
+async fn records_below_the_watermark_and_repeated_offsets_are_written_once(server: &Server) {
+    let (sink, mut conn, table) = sink_without_unique_key(server, "dedupe").await;
     // The same offset twice in one batch (a partition re-read after an eager rebalance).
     let o = sink.write_batch(&[rec(0), rec(1), rec(1), rec(2)]).await.expect("batch");
     assert_eq!((o.inserted, o.duplicates), (3, 1));
@@ -65,9 +73,10 @@ fn after(offset: i64, follows: Option<i64>) -> Record {
     r
 }
 
-#[tokio::test]
-async fn under_after_buffer_older_records_stored_after_newer_ones_are_neither_skipped_nor_doubled() {
-    let (sink, mut conn, table) = sink_without_unique_key("ranges").await;
+async fn under_after_buffer_older_records_stored_after_newer_ones_are_neither_skipped_nor_doubled(
+    server: &Server,
+) {
+    let (sink, mut conn, table) = sink_without_unique_key(server, "ranges").await;
     let sink = sink.with_watermark_mode(WatermarkMode::Ranges);
     // A partition's new owner stores what it read from Kafka's commit (10) on: 14 is a
     // transaction marker, so 15 follows 13.
@@ -96,9 +105,8 @@ async fn under_after_buffer_older_records_stored_after_newer_ones_are_neither_sk
         .expect("drop");
 }
 
-#[tokio::test]
-async fn a_batch_whose_watermark_cannot_be_written_stores_nothing() {
-    let (sink, mut conn, table) = sink_without_unique_key("atomic").await;
+async fn a_batch_whose_watermark_cannot_be_written_stores_nothing(server: &Server) {
+    let (sink, mut conn, table) = sink_without_unique_key(server, "atomic").await;
     let o = sink.write_batch(&[rec(0), rec(1)]).await.expect("first batch");
     assert_eq!(o.inserted, 2);
     // From now on the server refuses every change to the watermark row.

@@ -1,17 +1,27 @@
 //! Declared columns, upserts with a monotonic guard, routing, and the live-table check, against
-//! the real MariaDB on 127.0.0.1:3306.
+//! the real MariaDB and MySQL (`servers`): MariaDB's upserts say `VALUES(col)`, MySQL's name
+//! the incoming row with an alias.
+
+mod servers;
 
 use dp_core::{Record, SecretUrl, Sink};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
 use mysql_async::prelude::Queryable;
+use servers::{Server, on_both_servers};
 
-const URL: &str = "mysql://root@127.0.0.1:3306/test";
+on_both_servers!(
+    upserts_keep_the_newest_status_whatever_order_events_arrive_in,
+    duplicate_keys_in_one_batch_are_reduced_to_the_winner_before_the_statement,
+    two_topics_are_written_to_their_own_tables_in_one_transaction,
+    a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismatch,
+    migrate_ddl_creates_a_table_the_check_accepts,
+);
 
 /// A `[mysql]` section with `table` mapped for the latest status per shipment.
-fn status_config(table: &str, extra: &str) -> MysqlSinkConfig {
+fn status_config(server: &Server, table: &str, extra: &str) -> MysqlSinkConfig {
     let text = format!(
         r#"
-        url = "{URL}"
+        url = "{}"
         table = "{table}"
         dead_letter_table = "{table}_dlq"
         offsets_table = "{table}_offsets"
@@ -26,14 +36,14 @@ fn status_config(table: &str, extra: &str) -> MysqlSinkConfig {
         ]
         write = {{ mode = "upsert", key = ["tracking_id"], guard = "event_time" }}
         {extra}
-        "#
+        "#,
+        server.url
     );
     toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-async fn fresh(config: &MysqlSinkConfig) -> mysql_async::Conn {
-    let pool = mysql_async::Pool::new(URL);
-    let mut conn = pool.get_conn().await.unwrap_or_else(|e| panic!("MariaDB must answer on {URL}: {e}"));
+async fn fresh(server: &Server, config: &MysqlSinkConfig) -> mysql_async::Conn {
+    let mut conn = server.conn().await;
     for t in config
         .tables()
         .expect("valid")
@@ -68,11 +78,10 @@ async fn statuses(conn: &mut mysql_async::Conn, table: &str) -> Vec<(String, Str
         .expect("select")
 }
 
-#[tokio::test]
-async fn upserts_keep_the_newest_status_whatever_order_events_arrive_in() {
+async fn upserts_keep_the_newest_status_whatever_order_events_arrive_in(server: &Server) {
     let table = format!("upsert_order_{}", std::process::id());
-    let config = status_config(&table, "");
-    let mut conn = fresh(&config).await;
+    let config = status_config(server, &table, "");
+    let mut conn = fresh(server, &config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect creates the table from the mapping");
 
     let o = sink
@@ -109,11 +118,10 @@ async fn upserts_keep_the_newest_status_whatever_order_events_arrive_in() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_keys_in_one_batch_are_reduced_to_the_winner_before_the_statement() {
+async fn duplicate_keys_in_one_batch_are_reduced_to_the_winner_before_the_statement(server: &Server) {
     let table = format!("upsert_batch_{}", std::process::id());
-    let config = status_config(&table, "");
-    let mut conn = fresh(&config).await;
+    let config = status_config(server, &table, "");
+    let mut conn = fresh(server, &config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("write-modes");
     let batch = [
         event("t", 0, "A", "PICKED_UP", 1),
@@ -139,11 +147,10 @@ async fn duplicate_keys_in_one_batch_are_reduced_to_the_winner_before_the_statem
     assert_eq!(class.as_deref(), Some("missing_field"));
 }
 
-#[tokio::test]
-async fn two_topics_are_written_to_their_own_tables_in_one_transaction() {
+async fn two_topics_are_written_to_their_own_tables_in_one_transaction(server: &Server) {
     let table = format!("route_default_{}", std::process::id());
     let status_table = format!("route_status_{}", std::process::id());
-    let mut config = status_config(&table, "");
+    let mut config = status_config(server, &table, "");
     // The default table keeps the built-in columns; topic `status` goes to its own table.
     config.routes = vec![dp_sink_mysql::RouteConfig {
         topic: "status".into(),
@@ -151,7 +158,7 @@ async fn two_topics_are_written_to_their_own_tables_in_one_transaction() {
         columns: std::mem::take(&mut config.columns),
         write: std::mem::take(&mut config.write),
     }];
-    let mut conn = fresh(&config).await;
+    let mut conn = fresh(server, &config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect");
     assert_eq!(sink.tables(), [table.as_str(), status_table.as_str()]);
     let batch = [
@@ -168,11 +175,10 @@ async fn two_topics_are_written_to_their_own_tables_in_one_transaction() {
     assert_eq!(statuses(&mut conn, &status_table).await, [("A".to_owned(), "DELIVERED".to_owned())]);
 }
 
-#[tokio::test]
-async fn a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismatch() {
+async fn a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismatch(server: &Server) {
     let table = format!("live_check_{}", std::process::id());
-    let mut config = status_config(&table, "create_table = false");
-    let mut conn = fresh(&config).await;
+    let mut config = status_config(server, &table, "create_table = false");
+    let mut conn = fresh(server, &config).await;
     let err = |e: dp_sink_mysql::MysqlSinkError| e.to_string();
 
     let missing = err(MysqlSink::connect(&config).await.err().expect("no table"));
@@ -207,10 +213,9 @@ async fn a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismat
     MysqlSink::connect(&config).await.expect("a matching table passes");
 }
 
-#[tokio::test]
-async fn migrate_ddl_creates_a_table_the_check_accepts() {
-    let config = status_config(&format!("ddl_{}", std::process::id()), "");
-    let mut conn = fresh(&config).await;
+async fn migrate_ddl_creates_a_table_the_check_accepts(server: &Server) {
+    let config = status_config(server, &format!("ddl_{}", std::process::id()), "");
+    let mut conn = fresh(server, &config).await;
     let ddl = config.ddl().expect("ddl");
     assert_eq!(ddl.len(), 3, "the mapped table, dead letters, offsets");
     assert!(
@@ -224,5 +229,5 @@ async fn migrate_ddl_creates_a_table_the_check_accepts() {
     let mut checked = config.clone();
     checked.create_table = false;
     MysqlSink::connect(&checked).await.expect("the created table passes the live check");
-    assert!(SecretUrl::new(URL).redacted().contains("127.0.0.1"));
+    assert!(SecretUrl::new(&server.url).redacted().contains("127.0.0.1"));
 }

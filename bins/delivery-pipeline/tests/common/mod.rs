@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mysql;
+
 use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -40,6 +42,9 @@ pub struct TestEnv {
     pub instance: String,
     pub table: String,
     pub key_prefix: String,
+    /// The server the pipeline writes to and the helpers read: MariaDB ([`MYSQL_URL`]), or
+    /// Oracle MySQL for [`mysql::env`].
+    pub mysql_url: String,
 }
 
 impl TestEnv {
@@ -57,6 +62,7 @@ impl TestEnv {
             table: format!("it_{id}"),
             key_prefix: format!("it{}", &id[id.len().saturating_sub(12)..]),
             name: id,
+            mysql_url: MYSQL_URL.into(),
         }
     }
 
@@ -68,6 +74,7 @@ impl TestEnv {
         c.kafka.group_id = self.group.clone();
         c.kafka.session_timeout = Duration::from_secs(6);
         c.kafka.revocation_timeout = Duration::from_secs(3);
+        c.mysql.url = dp_core::SecretUrl::new(&self.mysql_url);
         c.mysql.table = self.table.clone();
         c.redis.key_prefix = self.key_prefix.clone();
         c.buffer.flush_interval = Duration::from_secs(1);
@@ -84,6 +91,7 @@ impl TestEnv {
             ("DP_KAFKA__GROUP_ID".into(), self.group.clone()),
             ("DP_KAFKA__SESSION_TIMEOUT".into(), "6s".into()),
             ("DP_KAFKA__REVOCATION_TIMEOUT".into(), "3s".into()),
+            ("DP_MYSQL__URL".into(), self.mysql_url.clone()),
             ("DP_MYSQL__TABLE".into(), self.table.clone()),
             ("DP_REDIS__KEY_PREFIX".into(), self.key_prefix.clone()),
             ("DP_BUFFER__FLUSH_INTERVAL".into(), "1s".into()),
@@ -136,8 +144,9 @@ impl TestEnv {
     }
 
     pub async fn mysql(&self) -> mysql_async::Conn {
-        let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(MYSQL_URL).expect("url"))
-            .prefer_socket(false);
+        let opts =
+            mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&self.mysql_url).expect("url"))
+                .prefer_socket(false);
         mysql_async::Conn::new(opts).await.expect("mysql connection")
     }
 
