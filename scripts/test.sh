@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/kafka.sh start
 # Python packages of the tests (pinned): kafka-python and its codec libraries, for the
-# independent-producer tests. A no-op when installed; Debian's own python3 needs
+# independent-producer tests, and moto, the S3 server of broker_restart.rs's durable broker.
+# A no-op when installed; Debian's own python3 needs
 # --break-system-packages (PEP 668).
 py_req=bins/delivery-pipeline/tests/support/requirements.txt
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$py_req" 2>/dev/null ||

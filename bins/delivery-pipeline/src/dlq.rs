@@ -277,8 +277,13 @@ pub async fn replay(
                 }
                 Err(e) => {
                     bar.abandon();
+                    let why = if e.is_statement() {
+                        "MySQL refuses the statement for every row (fix the table or the mapping)"
+                    } else {
+                        "MySQL failed transiently"
+                    };
                     return Err(anyhow::Error::new(e).context(format!(
-                        "MySQL failed transiently after {} entries; nothing was lost, run the replay again",
+                        "{why} after {} entries; nothing was lost, run the replay again",
                         report.entries - 1
                     )));
                 }

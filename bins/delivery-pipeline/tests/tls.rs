@@ -305,8 +305,7 @@ async fn redis_client_certificates_and_password_files() {
 /// and `require_secure_transport`, so nothing reaches it in plain text. The certificate files
 /// it reads are copies, swapped by [`OwnMariadb::serve`] and reloaded with `FLUSH SSL`.
 struct OwnMariadb {
-    _server: Own,
-    _dir: tempfile::TempDir,
+    _server: common::mariadb::OwnMariadb,
     port: u16,
     cert: PathBuf,
 }
@@ -314,43 +313,16 @@ struct OwnMariadb {
 impl OwnMariadb {
     fn start(pki: &Pki) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
-        let data = dir.path().join("data");
         let cert = dir.path().join("server-cert.pem");
         std::fs::copy(pki.path("server.pem"), &cert).expect("copy cert");
-        let install = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
-            .output()
-            .expect("mariadb-install-db must be installed (apt-get install mariadb-server)");
-        assert!(install.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&install.stderr));
-        let port = free_port();
-        let bin = if Path::new("/usr/sbin/mariadbd").exists() { "/usr/sbin/mariadbd" } else { "mariadbd" };
-        let log = dir.path().join("error.log");
-        let child = Command::new(bin)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--log-error={}", log.display()))
-            .arg(format!("--port={port}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=16M",
-            ])
-            .arg(format!("--ssl-cert={}", cert.display()))
-            .arg(format!("--ssl-key={}", pki.path("server.key").display()))
-            .arg(format!("--ssl-ca={}", pki.path("ca.pem").display()))
-            .arg("--require-secure-transport=ON")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd must be installed");
-        let server = Own(child);
-        wait_port(port, &format!("mariadbd (log: {})", log.display()));
-        Self { _server: server, _dir: dir, port, cert }
+        let tls = [
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", pki.path("server.key").display()),
+            format!("--ssl-ca={}", pki.path("ca.pem").display()),
+            "--require-secure-transport=ON".to_owned(),
+        ];
+        let server = common::mariadb::OwnMariadb::start(dir, &tls);
+        Self { port: server.port, _server: server, cert }
     }
 
     fn url(&self, user: &str) -> String {

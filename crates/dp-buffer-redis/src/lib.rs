@@ -94,7 +94,9 @@ pub struct RedisBufferConfig {
     /// instance. Off: keys spread over every node, each batch fans out per slot. Either form is
     /// restored and adopted, so this can change across restarts.
     pub hash_tag: bool,
-    /// How long one Redis command may take before it counts as failed.
+    /// How long one Redis command (append, fetch, remove, lease renewal, scan page) may take
+    /// before it counts as failed. A connection that leaves a command unanswered this long is
+    /// closed and made again (a silent network path reports nothing otherwise).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// How long to wait for a connection.
@@ -483,6 +485,11 @@ impl RedisBuffer {
             .with_connection_config(|c| {
                 c.connection_timeout = config.connect_timeout;
                 c.internal_command_timeout = config.command_timeout;
+                // A connection that stops answering (a silent path: no data, no FIN, no RST) is
+                // closed and made again, instead of failing every command for ever; commands
+                // that already timed out were answered with an error and are never sent again.
+                c.unresponsive.max_timeout = Some(config.command_timeout);
+                c.unresponsive.interval = (config.command_timeout / 4).max(Duration::from_millis(100));
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;

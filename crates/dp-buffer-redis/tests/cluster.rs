@@ -190,12 +190,14 @@ async fn a_spread_append_cut_short_by_a_dead_primary_or_a_dead_process_leaves_no
     assert_eq!(buffer.client().exists::<i64, _>(pending).await.expect("EXISTS"), 0, "no append in flight");
 
     // The process dies in the middle of an append: its pending record names the chunk, of
-    // which some keys were written. The next start deletes them rather than restoring part of
-    // a chunk whose records were never acknowledged.
+    // which some keys were written — valid records, which a restore would otherwise deliver.
+    // The next start deletes them rather than restoring part of a chunk whose records were
+    // never acknowledged.
     let cut: Vec<String> =
         (0..30).map(|i| format!("cf:buffer:a:ffffffffffffffffffffffffffff{i:04}")).collect();
-    for key in &cut[..20] {
-        buffer.client().set::<(), _, _>(key, "partial", None, None, false).await.expect("SET");
+    for (key, record) in cut[..20].iter().zip(records(9_000, 20)) {
+        let value = dp_core::encode_record(&record);
+        buffer.client().set::<(), _, _>(key, value.as_slice(), None, None, false).await.expect("SET");
     }
     buffer.client().set::<(), _, _>(pending, cut.join("\n"), None, None, false).await.expect("SET pending");
     drop(buffer);

@@ -3,19 +3,43 @@
 //! Backends keep their own detailed error enums and convert into these at the trait boundary,
 //! so the runtime can decide what to do — back off and retry, or isolate the bad records —
 //! without knowing which backend failed.
+//!
+//! A sink's error has one of three [kinds](ErrorKind), after what it says about the work:
+//!
+//! - [`Transient`](ErrorKind::Transient), an *outage*: the store is unreachable, overloaded,
+//!   failing over, or the batch met a deadlock. The same batch is retried with backoff.
+//! - [`Permanent`](ErrorKind::Permanent), a *data fault*: the store refuses a value of one
+//!   record (too long, out of range, not JSON). The runtime halves the batch until the refused
+//!   records are isolated and dead-letters them; the others are stored.
+//! - [`Statement`](ErrorKind::Statement), a *statement or schema fault*: the statement, or the
+//!   table it writes, is wrong (an unknown column, a missing table, no privilege), so every
+//!   record fails the same way. Nothing is dead-lettered: the batch is retried with backoff like
+//!   an outage until an operator fixes the table or the mapping, and the runtime reports it
+//!   apart (readiness, a metric, the log).
+//!
+//! A permanent error the sink could only classify by its class of error (an SQLSTATE class
+//! that means "data", with a code it does not know) can be marked
+//! [presumed](SinkError::presumed): if the batch's first records then fail alone exactly as the
+//! whole batch did, the runtime takes it for a statement fault instead.
 
 use std::error::Error as StdError;
 use std::fmt;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// Whether retrying the same operation can succeed.
+/// Whether retrying the same operation can succeed, and what the failure is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The backend is unreachable, overloaded or failing over: retry the same work later.
     Transient,
     /// The input itself is refused: retrying the same work fails the same way.
     Permanent,
+    /// The statement, or the schema it runs against, is wrong: every record fails the same way,
+    /// whatever its data (an unknown column, a missing table, a missing privilege). Retrying
+    /// succeeds once an operator fixes it, so it is retried like [`Transient`](Self::Transient),
+    /// never dead-lettered. Only sinks use it.
+    Statement,
 }
 
 impl ErrorKind {
@@ -24,7 +48,15 @@ impl ErrorKind {
         match self {
             Self::Transient => "transient",
             Self::Permanent => "permanent",
+            Self::Statement => "statement",
         }
+    }
+
+    /// Whether the runtime retries work that failed this way (with backoff) rather than
+    /// isolating refused records: true for [`Transient`](Self::Transient) and
+    /// [`Statement`](Self::Statement).
+    pub fn is_retried(self) -> bool {
+        matches!(self, Self::Transient | Self::Statement)
     }
 }
 
@@ -109,18 +141,43 @@ pub struct SinkError {
     message: String,
     code: Option<u32>,
     sqlstate: Option<String>,
+    /// A permanent error classified by its class only (see [`SinkError::presumed`]).
+    presumed: bool,
     source: Option<BoxError>,
 }
 
 impl SinkError {
-    /// A transient error: the same batch may succeed later.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Transient, message: message.into(), code: None, sqlstate: None, source: None }
+    fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message, code: None, sqlstate: None, presumed: false, source: None }
     }
 
-    /// A permanent error: the same batch will fail the same way.
+    /// A transient error (an outage): the same batch may succeed later.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message.into())
+    }
+
+    /// A permanent error (a data fault): the same batch will fail the same way, because of the
+    /// data of one or more of its records.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: message.into(), code: None, sqlstate: None, source: None }
+        Self::new(ErrorKind::Permanent, message.into())
+    }
+
+    /// A statement or schema fault: the store refuses the statement itself, so every record
+    /// fails the same way whatever its data. Retried like a transient error until it is fixed;
+    /// never dead-lettered.
+    pub fn statement(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Statement, message.into())
+    }
+
+    /// Marks a permanent error as a *presumed* data fault: the store's class of error says
+    /// "data" (an SQLSTATE of class 22 or 23, say) but its code is not one the sink knows to
+    /// name a value of a row. If the batch's first two records then each fail alone with this
+    /// same error (code, SQLSTATE and text) before anything of the batch is stored, the runtime
+    /// takes it for a statement fault: the first record was dead-lettered by then, the rest of
+    /// the batch is retried. A known data fault is never second-guessed this way.
+    pub fn presumed(mut self) -> Self {
+        self.presumed = self.kind == ErrorKind::Permanent;
+        self
     }
 
     /// Attaches the store's error code and SQLSTATE.
@@ -143,14 +200,26 @@ impl SinkError {
         self
     }
 
-    /// Whether a retry can succeed.
+    /// Whether a retry can succeed, and what the failure is about.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
-    /// True for [`ErrorKind::Transient`].
+    /// True when the runtime retries the same batch rather than isolating refused records:
+    /// [`ErrorKind::Transient`], and [`ErrorKind::Statement`] (retried until the statement or
+    /// the schema is fixed). False for [`ErrorKind::Permanent`] only.
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        self.kind.is_retried()
+    }
+
+    /// True for [`ErrorKind::Statement`].
+    pub fn is_statement(&self) -> bool {
+        self.kind == ErrorKind::Statement
+    }
+
+    /// True for a permanent error marked [presumed](Self::presumed).
+    pub fn is_presumed(&self) -> bool {
+        self.presumed
     }
 
     /// The store's error code, if it gave one.
@@ -200,5 +269,19 @@ mod tests {
         assert!(s.is_transient());
         assert_eq!(s.to_string(), "poll failed: reset");
         assert!(StdError::source(&s).is_some());
+    }
+
+    #[test]
+    fn statement_faults_are_retried_and_presumed_applies_to_permanent_errors_only() {
+        let e = SinkError::statement("insert into `t` failed").with_code(1054, Some("42S22".into()));
+        assert_eq!((e.kind(), e.kind().as_str()), (ErrorKind::Statement, "statement"));
+        assert!(e.is_statement() && e.is_transient(), "retried, never dead-lettered");
+        assert!(!SinkError::transient("reset").is_statement());
+        let p = SinkError::permanent("insert").with_code(1999, Some("22999".into())).presumed();
+        assert!(p.is_presumed() && !p.is_transient() && !p.is_statement());
+        assert!(!SinkError::permanent("insert").is_presumed(), "a permanent error is known by default");
+        assert!(!SinkError::statement("x").presumed().is_presumed());
+        assert!(!SinkError::transient("x").presumed().is_presumed());
+        assert!(ErrorKind::Transient.is_retried() && !ErrorKind::Permanent.is_retried());
     }
 }

@@ -41,10 +41,15 @@ pub const BUFFER_FAILURES: &str = "dp_redis_backup_failures_total";
 pub const BUFFER_DOWN: &str = "dp_redis_down";
 /// Partitions whose messages are held in memory only.
 pub const SUSPENDED: &str = "dp_suspended_partitions";
-/// Transient sink failures retried, by error code.
+/// Sink failures retried (outages and statement faults), by error code.
 pub const RETRIES: &str = "dp_sink_retries_total";
 /// 1 while the sink fails transiently (a batch is being retried).
 pub const SINK_FAILING: &str = "dp_sink_failing";
+/// Sink attempts refused as a statement or schema fault (the same for every record: retried,
+/// never dead-lettered), by error code.
+pub const STATEMENT_FAULTS: &str = "dp_sink_statement_faults_total";
+/// 1 while the batch being retried fails with a statement or schema fault.
+pub const STATEMENT_FAULT: &str = "dp_sink_statement_fault";
 /// Seconds the sink has been failing without a success (0 when healthy).
 pub const OUTAGE_SECONDS: &str = "dp_sink_outage_seconds";
 /// 1 once startup (restore) is done and until the drain starts.
@@ -81,8 +86,21 @@ pub fn describe() {
     describe_counter!(BUFFER_FAILURES, Unit::Count, "Redis write-ahead appends or deletions that failed.");
     describe_gauge!(BUFFER_DOWN, "1 while Redis is unreachable and messages are held in memory only.");
     describe_gauge!(SUSPENDED, Unit::Count, "Partitions whose messages are held in memory only.");
-    describe_counter!(RETRIES, Unit::Count, "Transient sink failures retried, by error code.");
+    describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Sink failures retried (outages and statement faults), by error code."
+    );
     describe_gauge!(SINK_FAILING, "1 while the sink fails transiently and a batch is being retried.");
+    describe_counter!(
+        STATEMENT_FAULTS,
+        Unit::Count,
+        "Sink attempts refused as a statement or schema fault (every record alike: retried, never dead-lettered), by error code."
+    );
+    describe_gauge!(
+        STATEMENT_FAULT,
+        "1 while the batch being retried fails with a statement or schema fault: fix the table or the mapping."
+    );
     describe_gauge!(OUTAGE_SECONDS, Unit::Seconds, "Seconds the sink has been failing without a success.");
     describe_gauge!(
         CONSUMING,

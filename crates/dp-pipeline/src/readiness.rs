@@ -7,8 +7,9 @@ use dp_source_kafka::KafkaHealth;
 
 use crate::PipelineStats;
 
-/// Reads a running pipeline's state: ready while it consumes, MySQL and Redis answer and
-/// Kafka is reachable. Cheap to clone and to check.
+/// Reads a running pipeline's state: ready while it consumes, MySQL and Redis answer (and
+/// MySQL takes the statements: a statement or schema fault is not ready either) and Kafka is
+/// reachable. Cheap to clone and to check.
 #[derive(Clone)]
 pub struct Readiness {
     pub(crate) stats: Arc<PipelineStats>,
@@ -24,7 +25,15 @@ impl Readiness {
                 .push("pipeline: not consuming (restoring the buffer at startup, or draining)".to_owned());
         }
         if self.stats.sink_failing.load(Relaxed) == 1 {
-            not_ready.push("mysql: failing; the current batch is being retried with backoff".to_owned());
+            if self.stats.sink_statement_fault.load(Relaxed) == 1 {
+                let error =
+                    self.stats.statement_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+                not_ready.push(format!(
+                    "mysql: statement or schema fault{error}: every row is refused alike, so the table or the mapping is wrong (the log names the error); the batch is retried with backoff, nothing is dead-lettered"
+                ));
+            } else {
+                not_ready.push("mysql: failing; the current batch is being retried with backoff".to_owned());
+            }
         }
         if self.stats.buffer_down.load(Relaxed) == 1 {
             not_ready.push("redis: unreachable; messages are held in memory only".to_owned());

@@ -14,9 +14,14 @@
 //! A batch is acknowledged to the source only after the sink returned `Ok` for every record in
 //! it, and only then are its write-ahead keys deleted: a crash at any point leaves every record
 //! either in the sink, or in the buffer, or uncommitted in the source — usually two of these.
-//! Transient sink errors are retried with exponential backoff and full jitter; a permanent
-//! error splits the batch in halves until the refused records are isolated, which are then
-//! dead-lettered one by one.
+//! Transient sink errors (outages) are retried with exponential backoff and full jitter; a
+//! permanent error (a data fault) splits the batch in halves until the refused records are
+//! isolated, which are then dead-lettered one by one. A statement or schema fault — the sink
+//! refuses the statement itself, so every record would fail alike — is retried like an outage
+//! and never dead-lettered; while it lasts the readiness probe says so, a metric counts it, and
+//! each attempt logs the error. A refusal the sink only presumed to be about the data is taken
+//! for a statement fault when the batch's first two records each fail alone exactly as the
+//! whole batch did (see [`Isolation`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -187,6 +192,8 @@ impl Pipeline {
         let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)> = None;
         // Set when partitions were revoked: flush everything buffered as soon as possible.
         let mut flush_now = false;
+        // After a failed poll: when the source may be polled again.
+        let mut poll_again: Option<tokio::time::Instant> = None;
         let mut failed: Option<PipelineError> = None;
         tokio::pin!(shutdown);
         loop {
@@ -213,6 +220,7 @@ impl Pipeline {
             // While a batch is retried and memory is full, look again now and then whether the
             // collected batch can be spilled (the sink's state changes inside the flush task).
             let stuck = in_flight.is_some() && acc.room() == 0;
+            let source_resting = poll_again.is_some();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -227,7 +235,8 @@ impl Pipeline {
                 () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {
                     in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Interval));
                 }
-                polled = source.poll(acc.room()), if acc.room() > 0 => match polled {
+                () = sleep_until(poll_again), if source_resting => poll_again = None,
+                polled = source.poll(acc.room()), if acc.room() > 0 && !source_resting => match polled {
                     Ok(records) => {
                         PipelineStats::bump(&stats.consumed, records.len());
                         m::consumed(&records);
@@ -256,8 +265,9 @@ impl Pipeline {
                         break;
                     }
                     Err(e) => {
+                        // Polls rest for a second; batches in flight and the interval do not.
                         tracing::warn!(error = %e, "source poll failed; retrying in 1s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        poll_again = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                 },
             }
@@ -588,15 +598,47 @@ impl Deliverer {
         }
     }
 
-    /// Writes `records`; on a permanent error, halves the batch until the refused records are
-    /// isolated and dead-letters them: O(k log n) statements for k bad records out of n.
-    fn write<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<BatchOutcome, PipelineError>> {
+    /// Writes the batch `records`; on a permanent error, halves it until the refused records
+    /// are isolated and dead-letters them.
+    async fn write(&self, records: &[Record]) -> Result<BatchOutcome, PipelineError> {
+        let mut isolation = Isolation { len: records.len(), ..Isolation::default() };
+        self.isolate(records, &mut isolation).await
+    }
+
+    /// Writes `records`, a part of the batch `iso` follows; on a permanent error, halves them
+    /// until the refused records are isolated and dead-letters them: O(k log n) statements for
+    /// k bad records out of n.
+    fn isolate<'a>(
+        &'a self,
+        records: &'a [Record],
+        iso: &'a mut Isolation,
+    ) -> BoxFuture<'a, Result<BatchOutcome, PipelineError>> {
         Box::pin(async move {
-            let err = match self.retrying(|| self.sink.write_batch(records)).await? {
-                Ok(outcome) => return Ok(outcome),
-                Err(permanent) => permanent,
-            };
+            let mut err =
+                match self.retrying(|| self.sink.write_batch(records), iso.statement.as_ref()).await? {
+                    Ok(outcome) => {
+                        iso.written = true;
+                        return Ok(outcome);
+                    }
+                    Err(permanent) => permanent,
+                };
+            let refusal = Refusal::of(&err);
+            iso.batch.get_or_insert_with(|| refusal.clone());
             if let [record] = records {
+                if iso.is_statement_fault(&err, &refusal) {
+                    tracing::error!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "the batch's first two records are each refused alone exactly as the whole batch was: taking it for a statement or schema fault; the rest of the batch is retried, not dead-lettered");
+                    iso.statement = Some(refusal.clone());
+                    match self.retrying(|| self.sink.write_batch(records), iso.statement.as_ref()).await? {
+                        Ok(outcome) => {
+                            iso.written = true;
+                            return Ok(outcome);
+                        }
+                        // Refused differently now: about this record after all.
+                        Err(other) => err = other,
+                    }
+                }
+                iso.alone += 1;
+                iso.first_alone.get_or_insert(refusal);
                 let entry = DeadLetter {
                     record: record.clone(),
                     error_class: "sink_rejected".into(),
@@ -605,7 +647,10 @@ impl Deliverer {
                     reason: err.to_string(),
                 };
                 tracing::warn!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "record refused by the sink; dead-lettering it");
-                return match self.retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry))).await? {
+                return match self
+                    .retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry)), None)
+                    .await?
+                {
                     Ok(()) => {
                         metrics::counter!(m::DEAD_LETTERED, "class" => "sink_rejected").increment(1);
                         Ok(BatchOutcome { dead_lettered: 1, ..BatchOutcome::default() })
@@ -620,17 +665,19 @@ impl Deliverer {
             }
             tracing::warn!(rows = records.len(), error = %err, "batch refused; splitting it to isolate the bad records");
             let (left, right) = records.split_at(records.len() / 2);
-            let mut outcome = self.write(left).await?;
-            outcome += self.write(right).await?;
+            let mut outcome = self.isolate(left, iso).await?;
+            outcome += self.isolate(right, iso).await?;
             Ok(outcome)
         })
     }
 
-    /// Runs `op` until it succeeds or fails permanently (the inner `Err`), backing off
-    /// exponentially with full jitter on transient failures.
+    /// Runs `op` until it succeeds or is refused (the inner `Err`: a data fault), backing off
+    /// exponentially with full jitter on outages and on statement faults — among them a
+    /// presumed data fault equal to `guard`, which [`Isolation`] found to be one.
     async fn retrying<'a, T>(
         &self,
         mut op: impl FnMut() -> BoxFuture<'a, Result<T, SinkError>>,
+        guard: Option<&Refusal>,
     ) -> Result<Result<T, SinkError>, PipelineError> {
         let mut schedule = self.backoff();
         let mut attempts = 0u32;
@@ -639,37 +686,121 @@ impl Deliverer {
         let healthy = |failing_since: Option<Instant>| {
             if failing_since.is_some() {
                 PipelineStats::set(&self.stats.sink_failing, m::SINK_FAILING, 0);
+                self.statement_fault(None);
                 m::set(m::OUTAGE_SECONDS, 0);
             }
         };
         loop {
             attempts += 1;
-            match op().await {
+            let e = match op().await {
                 Ok(v) => {
                     healthy(failing_since);
                     return Ok(Ok(v));
                 }
-                Err(e) if !e.is_transient() => {
-                    healthy(failing_since);
-                    return Ok(Err(e));
-                }
-                Err(e) => {
-                    if self.retry.max_retries.is_some_and(|max| attempts > max) {
-                        return Err(PipelineError::RetriesExhausted { attempts, source: e });
-                    }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    PipelineStats::set(&self.stats.sink_failing, m::SINK_FAILING, 1);
-                    metrics::gauge!(m::OUTAGE_SECONDS).set(since.elapsed().as_secs_f64());
-                    let code = e.code().map_or_else(|| "connection".to_owned(), |c| c.to_string());
-                    metrics::counter!(m::RETRIES, "code" => code).increment(1);
-                    let cap = schedule.next().unwrap_or(self.retry.max_backoff);
-                    let delay = cap.mul_f64(rand::random::<f64>());
-                    PipelineStats::bump(&self.stats.retries, 1);
-                    tracing::warn!(attempt = attempts, delay_ms = delay.as_millis() as u64, error = %e, "sink failed transiently; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                Err(e) => e,
+            };
+            let statement = e.is_statement() || guard.is_some_and(|g| *g == Refusal::of(&e));
+            if !statement && !e.is_transient() {
+                healthy(failing_since);
+                return Ok(Err(e));
             }
+            if self.retry.max_retries.is_some_and(|max| attempts > max) {
+                return Err(PipelineError::RetriesExhausted { attempts, source: e });
+            }
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            PipelineStats::set(&self.stats.sink_failing, m::SINK_FAILING, 1);
+            metrics::gauge!(m::OUTAGE_SECONDS).set(since.elapsed().as_secs_f64());
+            let code = match e.code() {
+                Some(c) => c.to_string(),
+                None if statement => "statement".to_owned(),
+                None => "connection".to_owned(),
+            };
+            metrics::counter!(m::RETRIES, "code" => code.clone()).increment(1);
+            let cap = schedule.next().unwrap_or(self.retry.max_backoff);
+            let delay = cap.mul_f64(rand::random::<f64>());
+            PipelineStats::bump(&self.stats.retries, 1);
+            let delay_ms = delay.as_millis() as u64;
+            if statement {
+                self.statement_fault(Some(&e));
+                PipelineStats::bump(&self.stats.statement_faults, 1);
+                metrics::counter!(m::STATEMENT_FAULTS, "code" => code).increment(1);
+                tracing::error!(attempt = attempts, delay_ms, code = e.code(), sqlstate = e.sqlstate(), error = %e, "the sink refuses the statement for every record (a statement or schema fault, not the data): nothing is dead-lettered; fix the table or the mapping; retrying");
+            } else {
+                self.statement_fault(None);
+                tracing::warn!(attempt = attempts, delay_ms, error = %e, "sink failed transiently; retrying");
+            }
+            tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Records whether the batch being retried fails with a statement fault (`Some`), and its
+    /// code and SQLSTATE for the readiness probe.
+    fn statement_fault(&self, e: Option<&SinkError>) {
+        let described = e.map(|e| match (e.code(), e.sqlstate()) {
+            (Some(c), Some(s)) => format!(" (error {c}, SQLSTATE {s})"),
+            (Some(c), None) => format!(" (error {c})"),
+            (None, Some(s)) => format!(" (SQLSTATE {s})"),
+            (None, None) => String::new(),
+        });
+        PipelineStats::set(&self.stats.sink_statement_fault, m::STATEMENT_FAULT, usize::from(e.is_some()));
+        if let Ok(mut error) = self.stats.statement_error.lock() {
+            *error = described;
+        }
+    }
+}
+
+/// How the isolation of a refused batch's records goes, for the statement-fault guard (rule 5
+/// of `docs/specs/delivery.md`).
+///
+/// A sink that knows its errors never lets a statement fault reach the halving: it reports it
+/// as [`ErrorKind::Statement`](dp_core::ErrorKind::Statement) and the batch is retried whole.
+/// The guard is a second net for refusals the sink only presumed to be about the data
+/// ([`SinkError::is_presumed`]): when the batch's first two records each fail alone with the
+/// very refusal of the whole batch (code, SQLSTATE and text) and no part of the batch was
+/// written before them, the refusal is the statement's, not the data's. The first record was
+/// dead-lettered by then (a record is dead-lettered as soon as it is refused alone, so that a
+/// partition's records stay in offset order); the second and everything after it are retried
+/// with backoff while the refusal stays the same, as in rule 4. A data fault that the sink
+/// knows as such (its code says so) is never second-guessed, even when every record has it.
+#[derive(Default)]
+struct Isolation {
+    /// Records in the whole batch.
+    len: usize,
+    /// The whole batch's refusal.
+    batch: Option<Refusal>,
+    /// Records refused alone (and dead-lettered) so far.
+    alone: usize,
+    /// The first of them's refusal.
+    first_alone: Option<Refusal>,
+    /// Whether a part of the batch was written: the statement works, so refusals are the data's.
+    written: bool,
+    /// Set once the guard found a statement fault: refusals equal to it are retried.
+    statement: Option<Refusal>,
+}
+
+impl Isolation {
+    /// Whether `err`, refusing a single record, is a statement fault by the guard's rule.
+    fn is_statement_fault(&self, err: &SinkError, refusal: &Refusal) -> bool {
+        err.is_presumed()
+            && self.len >= 2
+            && !self.written
+            && self.alone == 1
+            && self.batch.as_ref() == Some(refusal)
+            && self.first_alone.as_ref() == Some(refusal)
+    }
+}
+
+/// What tells one refusal from another: the store's code, SQLSTATE and the error's whole text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: Option<u32>,
+    sqlstate: Option<String>,
+    text: String,
+}
+
+impl Refusal {
+    fn of(e: &SinkError) -> Self {
+        Self { code: e.code(), sqlstate: e.sqlstate().map(str::to_owned), text: e.to_string() }
     }
 }
 

@@ -139,12 +139,35 @@ struct MemSink {
     calls: AtomicUsize,
     transient_failures: AtomicUsize,
     refuse: BTreeSet<i64>,
+    /// Refuses the `refuse` records with a presumed data fault (an unknown code of a data class)
+    /// instead of a known one.
+    presumed: bool,
     no_dead_letter: bool,
     /// Fails every write transiently while set.
     down: AtomicBool,
+    /// Refuses every write with a statement fault while set (a column dropped, say).
+    statement_fault: AtomicBool,
+    /// Refuses every write while set with the same presumed data fault: a statement fault the
+    /// sink does not know as one.
+    refuse_all_presumed: AtomicBool,
+    /// Sizes of the writes refused while one of the two above was set.
+    refused_whole: Mutex<Vec<usize>>,
 }
 
 impl MemSink {
+    /// How this sink refuses a record: a known data fault, or a presumed one.
+    fn refusal(&self) -> SinkError {
+        if self.presumed || self.refuse_all_presumed.load(Ordering::Relaxed) {
+            SinkError::permanent("insert into `t` failed: a new kind of refusal")
+                .with_code(1999, Some("23999".into()))
+                .presumed()
+        } else {
+            SinkError::permanent("data too long").with_code(1406, Some("22001".into()))
+        }
+    }
+    fn dead(&self) -> BTreeSet<i64> {
+        self.dead.lock().expect("lock").clone()
+    }
     fn written(&self) -> Vec<Written> {
         self.written.lock().expect("lock").clone()
     }
@@ -164,8 +187,19 @@ impl Sink for MemSink {
         if self.down.load(Ordering::Relaxed) {
             return Err(SinkError::transient("connection refused"));
         }
+        if self.statement_fault.load(Ordering::Relaxed) {
+            self.refused_whole.lock().expect("lock").push(records.len());
+            return Err(SinkError::statement(
+                "insert into `t` failed: Unknown column 'status' in 'field list'",
+            )
+            .with_code(1054, Some("42S22".into())));
+        }
+        if self.refuse_all_presumed.load(Ordering::Relaxed) {
+            self.refused_whole.lock().expect("lock").push(records.len());
+            return Err(self.refusal());
+        }
         if records.iter().any(|r| self.refuse.contains(&r.offset)) {
-            return Err(SinkError::permanent("data too long").with_code(1406, Some("22001".into())));
+            return Err(self.refusal());
         }
         let mut rows = self.rows.lock().expect("lock");
         let inserted = records.iter().filter(|r| rows.insert(r.offset)).count();
@@ -178,7 +212,13 @@ impl Sink for MemSink {
             return Err(SinkError::permanent("no dead-letter destination"));
         }
         for e in entries {
-            assert_eq!(e.code, Some(1406), "the store's error code travels to the dead letter");
+            // Its data refusal's code, or a statement fault's (1054), which the tests that use
+            // one check is never dead-lettered.
+            assert!(
+                e.code == self.refusal().code() || e.code == Some(1054),
+                "the store's error code travels to the dead letter: {:?}",
+                e.code
+            );
             self.dead.lock().expect("lock").insert(e.record.offset);
         }
         Ok(())
@@ -290,9 +330,58 @@ async fn a_partial_batch_flushes_after_the_interval() {
         waited >= INTERVAL,
         "written {waited:?} after the records arrived, before the {INTERVAL:?} interval"
     );
-    // The deadline is computed on the wall clock, which paused tokio time does not follow: the
-    // real time the test took to reach the first poll is added to it (microseconds, usually).
-    assert!(waited < INTERVAL + Duration::from_secs(1), "written {waited:?} after the records arrived");
+    // The deadline runs on tokio's clock (the one paused here), so the interval is exact.
+    assert!(waited < INTERVAL + Duration::from_millis(50), "written {waited:?} after the records arrived");
+}
+
+/// Hands out `n` records once, then fails every poll transiently (a broker gone).
+struct FailingSource {
+    first: Option<Vec<Record>>,
+    arrived: Arc<Mutex<Option<tokio::time::Instant>>>,
+    failures: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Source for FailingSource {
+    async fn poll(&mut self, _max: usize) -> Result<Vec<Record>, SourceError> {
+        if let Some(records) = self.first.take() {
+            *self.arrived.lock().expect("lock") = Some(tokio::time::Instant::now());
+            return Ok(records);
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        Err(SourceError::transient("all brokers down"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_source_holds_up_neither_the_interval_nor_the_batch_in_flight() {
+    const INTERVAL: Duration = Duration::from_millis(200);
+    let arrived = Arc::new(Mutex::new(None));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let source = FailingSource {
+        first: Some((0..3).map(rec).collect()),
+        arrived: Arc::clone(&arrived),
+        failures: Arc::clone(&failures),
+    };
+    let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
+    let p = Pipeline::new(
+        Box::new(source),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        BufferConfig { max_rows: 1000, flush_interval: INTERVAL, ..BufferConfig::default() },
+        retry(),
+        Duration::from_secs(5),
+    );
+    let stopped = run_until(p, "the partial batch written", |s| s.batches >= 1).await.expect("runs");
+    let written = &sink.written()[0];
+    assert!(written.mark.seq < stopped.requested.seq, "written by the interval, before shutdown");
+    let arrived = arrived.lock().expect("lock").expect("records arrived");
+    let waited = written.mark.at - arrived;
+    assert!(
+        waited < INTERVAL + Duration::from_millis(50),
+        "written {waited:?} after the records arrived: the failed polls' 1 s rest held up the {INTERVAL:?} interval"
+    );
+    assert!(failures.load(Ordering::Relaxed) >= 1, "the source did fail meanwhile");
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,6 +450,124 @@ async fn a_record_that_cannot_be_dead_lettered_stops_the_pipeline_without_acknow
     assert!(matches!(err, PipelineError::Undeliverable { offset: 2, .. }), "{err}");
     assert!(source.acked().is_empty(), "nothing of the failed batch is acknowledged");
     assert_eq!(buffer.map.lock().expect("lock").len(), 4, "the write-ahead copies stay for the next start");
+}
+
+/// Runs a pipeline (batches of `max_rows`) over `source` into a sink refusing every write
+/// with `refusing` set, until the sink has refused `attempts` of them; then checks, while it
+/// refuses, that the sink holds the dead letters `dead` and no other, and that `/readyz` names
+/// a statement fault with `error`; then lets the sink take records again, and runs until every
+/// record is delivered and the pipeline is ready again.
+async fn refused_for_a_while(
+    source: &VecSource,
+    sink: &Arc<MemSink>,
+    refusing: fn(&MemSink) -> &AtomicBool,
+    (max_rows, attempts): (usize, usize),
+    dead: &'static [i64],
+    error: &'static str,
+) -> Stopped {
+    let buffer = Arc::new(MemBuffer::default());
+    let p = pipeline(source, &buffer, sink, max_rows, Duration::from_secs(3600));
+    let readiness = p.readiness();
+    let total = source.queue.lock().expect("lock").len() as u64;
+    let s2 = Arc::clone(sink);
+    let stopped = run_until(p, "every record delivered once the sink takes them again", move |s| {
+        let refused = s2.refused_whole.lock().expect("lock").len();
+        if refusing(&s2).load(Ordering::Relaxed) && refused >= attempts {
+            let expected: BTreeSet<i64> = dead.iter().copied().collect();
+            assert_eq!(s2.dead(), expected, "dead letters while the statement is refused");
+            let not_ready = readiness.check().expect_err("not ready while every record is refused");
+            assert!(
+                not_ready
+                    .iter()
+                    .any(|l| l.starts_with(&format!("mysql: statement or schema fault ({error})"))),
+                "{not_ready:?}"
+            );
+            assert!(!not_ready.iter().any(|l| l.contains("mysql: failing")), "{not_ready:?}");
+            refusing(&s2).store(false, Ordering::Relaxed);
+        }
+        let done = s.delivered() == total;
+        if done {
+            assert_eq!(readiness.check(), Ok(()), "ready again once the sink takes the statement");
+        }
+        done
+    })
+    .await
+    .expect("runs");
+    assert!(buffer.map.lock().expect("lock").is_empty(), "every write-ahead copy deleted once delivered");
+    stopped
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_statement_fault_is_retried_whole_never_dead_lettered_and_not_ready_while_it_lasts() {
+    let source = VecSource::with(20);
+    let sink = Arc::new(MemSink { statement_fault: AtomicBool::new(true), ..MemSink::default() });
+    let stopped = refused_for_a_while(
+        &source,
+        &sink,
+        |s| &s.statement_fault,
+        (10, 5),
+        &[],
+        "error 1054, SQLSTATE 42S22",
+    )
+    .await;
+    let stats = stopped.summary.stats;
+    assert_eq!((stats.inserted, stats.dead_lettered), (20, 0));
+    assert!(sink.dead().is_empty(), "nothing dead-lettered");
+    assert!(stats.statement_faults >= 5 && stats.retries >= stats.statement_faults, "{stats:?}");
+    let refused = sink.refused_whole.lock().expect("lock").clone();
+    assert!(refused.iter().all(|n| *n == 10), "the batch is retried whole, never halved: {refused:?}");
+    assert_eq!(source.acked(), (0..20).collect());
+    assert_eq!(*sink.rows.lock().expect("lock"), (0..20).collect());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presumed_data_fault_of_the_batch_s_first_two_records_alike_is_taken_for_a_statement_fault() {
+    let source = VecSource::with(8);
+    let sink = Arc::new(MemSink { refuse_all_presumed: AtomicBool::new(true), ..MemSink::default() });
+    let stopped = refused_for_a_while(
+        &source,
+        &sink,
+        |s| &s.refuse_all_presumed,
+        (8, 8),
+        &[0],
+        "error 1999, SQLSTATE 23999",
+    )
+    .await;
+    let stats = stopped.summary.stats;
+    // The first record was refused alone before the second could show the refusal is everyone's.
+    assert_eq!(sink.dead(), [0].into(), "only the batch's first record is dead-lettered");
+    assert_eq!((stats.inserted, stats.dead_lettered), (7, 1));
+    assert!(stats.statement_faults >= 1, "{stats:?}");
+    let refused = sink.refused_whole.lock().expect("lock").clone();
+    // Halved down to records 0 and 1 (8, 4, 2, 1, 1); then record 1 is retried alone.
+    assert_eq!(refused[..5], [8, 4, 2, 1, 1], "{refused:?}");
+    assert!(refused[5..].iter().all(|n| *n == 1), "record 1 retried, not dead-lettered: {refused:?}");
+    assert_eq!(source.acked(), (0..8).collect());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presumed_data_fault_of_one_record_is_dead_lettered() {
+    let source = VecSource::with(8);
+    let buffer = Arc::new(MemBuffer::default());
+    // The batch's first record: refused alone exactly as the whole batch was, but record 1 is
+    // stored, so the refusal is record 0's.
+    let sink = Arc::new(MemSink { refuse: [0, 5].into(), presumed: true, ..MemSink::default() });
+    let p = pipeline(&source, &buffer, &sink, 8, Duration::from_secs(3600));
+    let stopped = run_until(p, "the batch delivered", |s| s.batches == 1).await.expect("runs");
+    assert_eq!(sink.dead(), [0, 5].into());
+    assert_eq!((stopped.summary.stats.inserted, stopped.summary.stats.statement_faults), (6, 0));
+    assert_eq!(source.acked(), (0..8).collect());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_data_fault_is_dead_lettered_even_when_every_record_has_it() {
+    let source = VecSource::with(4);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink { refuse: (0..4).collect(), ..MemSink::default() });
+    let p = pipeline(&source, &buffer, &sink, 4, Duration::from_secs(3600));
+    let stopped = run_until(p, "the batch delivered", |s| s.batches == 1).await.expect("runs");
+    assert_eq!(sink.dead(), (0..4).collect(), "a value refused by its code is the row's, every time");
+    assert_eq!(stopped.summary.stats.statement_faults, 0);
 }
 
 /// Batches of 10, at most 100 records held: 10 being written, 10 collected, 80 spilled.

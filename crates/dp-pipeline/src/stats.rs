@@ -1,5 +1,6 @@
 //! Counters of a running pipeline, readable from other tasks while it runs.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Live counters. All are totals since start except the `*_buffered` gauges.
@@ -21,8 +22,11 @@ pub struct PipelineStats {
     pub restored: AtomicU64,
     /// Records adopted from the buffers of instances whose lease expired.
     pub adopted: AtomicU64,
-    /// Sink attempts that failed transiently and were retried.
+    /// Sink attempts that failed transiently and were retried (outages and statement faults).
     pub retries: AtomicU64,
+    /// Sink attempts that failed with a statement or schema fault (retried, never
+    /// dead-lettered).
+    pub statement_faults: AtomicU64,
     /// Write-ahead appends or removals that failed (records stayed in memory).
     pub buffer_failures: AtomicU64,
     /// Records currently held in memory (collecting plus being written).
@@ -35,6 +39,11 @@ pub struct PipelineStats {
     pub suspended_partitions: AtomicU64,
     /// 1 while the sink is failing transiently (a batch is being retried).
     pub sink_failing: AtomicU64,
+    /// 1 while the batch being retried fails with a statement or schema fault.
+    pub sink_statement_fault: AtomicU64,
+    /// That fault's error code and SQLSTATE, for the readiness probe (never its message, which
+    /// may quote data).
+    pub(crate) statement_error: Mutex<Option<String>>,
     /// 1 once startup (restore) is done and until the drain starts.
     pub consuming: AtomicU64,
 }
@@ -60,6 +69,8 @@ pub struct StatsSnapshot {
     pub adopted: u64,
     /// See [`PipelineStats::retries`].
     pub retries: u64,
+    /// See [`PipelineStats::statement_faults`].
+    pub statement_faults: u64,
     /// See [`PipelineStats::buffer_failures`].
     pub buffer_failures: u64,
     /// See [`PipelineStats::memory_buffered`].
@@ -85,6 +96,7 @@ impl PipelineStats {
             restored: self.restored.load(Relaxed),
             adopted: self.adopted.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            statement_faults: self.statement_faults.load(Relaxed),
             buffer_failures: self.buffer_failures.load(Relaxed),
             memory_buffered: self.memory_buffered.load(Relaxed),
             spilled: self.spilled.load(Relaxed),

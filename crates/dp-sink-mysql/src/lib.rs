@@ -7,12 +7,15 @@
 //! `INSERT … ON DUPLICATE KEY UPDATE event_id = event_id` statements, split to stay under the
 //! 65,535-placeholder limit and a share of `max_allowed_packet` ([`sql::plan_statements`]).
 //!
-//! Errors are classified ([`classify`]): data errors the server pins on a row (SQLSTATE
-//! classes 22 and 23, and the handful of MySQL codes that report data errors as `HY000`) are
-//! permanent; everything else — lost connections, deadlocks, lock waits, too many connections,
-//! read-only fail-overs, even a missing table — is transient and retried, never dead-lettered.
+//! Errors are classified ([`classify`], [`fault`]): data errors the server pins on a row (known
+//! codes, and SQLSTATE classes 22 and 23) are permanent; statement and schema faults, the same
+//! for every row (an unknown or ambiguous column, a missing table, a denied command: known codes
+//! and SQLSTATE class 42), are retried like an outage but reported apart, never dead-lettered;
+//! everything else — lost connections, deadlocks, lock waits, too many connections, read-only
+//! fail-overs — is transient and retried.
 
 pub mod columns;
+pub mod fault;
 mod live;
 pub mod mapping;
 pub mod sql;
@@ -36,6 +39,7 @@ use mysql_async::{
 use serde::{Deserialize, Serialize};
 
 use crate::columns::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
+pub use crate::fault::{Fault, classify, fault_of};
 use crate::mapping::{DateTimeParts, Mapping, Row};
 use crate::stored::Stored;
 pub use crate::stored::WatermarkMode;
@@ -67,9 +71,23 @@ pub struct MysqlSinkConfig {
     pub max_payload_bytes: usize,
     /// Most connections the pool opens.
     pub max_connections: usize,
-    /// How long to wait for a connection.
+    /// How long to wait for a connection (a new one's handshake, or a free one of the pool).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The longest one call to MySQL may take: a batch's whole transaction (every statement and
+    /// the commit), a watermark read, a ping. Past it the connection is closed without waiting
+    /// for the server — never returned to the pool — and the call fails as an outage: the
+    /// batch is retried on a new connection with the usual backoff. The session's
+    /// `net_read_timeout`/`net_write_timeout` are set to it and `wait_timeout` to
+    /// `max(90 s, 3 × query_timeout)`, so the server too rolls back what a vanished client left
+    /// open, and releases its locks, within a bounded time.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// The session time zone (`SET time_zone`) every connection runs with: the zone in which
+    /// MySQL reads and writes `TIMESTAMP` values and computes `CURRENT_TIMESTAMP`. The pipeline
+    /// sends UTC times, so leave it at `+00:00` unless you know why: an offset (`+05:30`) or,
+    /// when the server has its time-zone tables loaded, a name (`Europe/Paris`).
+    pub time_zone: String,
     /// The columns of `table`, declared (`[[mysql.columns]]`): where each value is in the
     /// record and its type. Empty: the built-in delivery-event columns (`event_id`,
     /// `tracking_id`, `status`, `event_time`, `payload` and the Kafka coordinates).
@@ -145,6 +163,8 @@ impl Default for MysqlSinkConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             max_connections: 4,
             connect_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(30),
+            time_zone: "+00:00".into(),
             columns: Vec::new(),
             write: WriteConfig::default(),
             routes: Vec::new(),
@@ -214,6 +234,18 @@ impl MysqlSinkConfig {
         }
         if self.connect_timeout.is_zero() {
             return Err("mysql.connect_timeout: must be greater than zero".into());
+        }
+        if self.query_timeout < Duration::from_secs(1) || self.query_timeout > Duration::from_secs(3600) {
+            return Err(format!(
+                "mysql.query_timeout: {:?} is out of range; give 1s to 1h (a batch normally takes well under a second)",
+                self.query_timeout
+            ));
+        }
+        if !is_time_zone(&self.time_zone) {
+            return Err(format!(
+                "mysql.time_zone: `{}` is neither an offset such as +00:00 nor a zone name such as Europe/Paris",
+                self.time_zone
+            ));
         }
         self.tables().map(|_| ())
     }
@@ -306,7 +338,21 @@ impl MysqlSinkConfig {
         if self.tls.enabled {
             builder = builder.ssl_opts(Some(self.ssl_opts()?));
         }
-        Ok(builder)
+        Ok(builder.init(vec![self.session_sql()]))
+    }
+
+    /// The session settings every connection runs with: the time zone, and the server's own
+    /// deadlines (see [`query_timeout`](Self::query_timeout)). Set by `opts` on each new
+    /// connection of the pools made from it, and by the sink before each call on a pool a host
+    /// lends it.
+    pub fn session_sql(&self) -> String {
+        let query = self.query_timeout.as_secs().max(1);
+        let idle = (3 * query).max(90);
+        // `time_zone` is checked by `validate` (`is_time_zone`): no quote can be in it.
+        format!(
+            "SET time_zone = '{}', wait_timeout = {idle}, net_read_timeout = {query}, net_write_timeout = {query}",
+            self.time_zone
+        )
     }
 
     fn ssl_opts(&self) -> Result<SslOpts, MysqlSinkError> {
@@ -428,37 +474,19 @@ pub struct MysqlSink {
     mapping: Arc<Mapping>,
     max_statement_bytes: usize,
     statements: Arc<Mutex<StatementCache>>,
-}
-
-/// MySQL error codes that report a data error in a row, whatever their SQLSTATE.
-const PERMANENT_CODES: &[u16] = &[
-    1048, // column cannot be null
-    1062, // duplicate entry (on a unique key other than event_id)
-    1264, // out of range value
-    1265, // data truncated
-    1292, // incorrect datetime value
-    1300, // invalid character string
-    1366, // incorrect string/integer value
-    1367, // illegal value
-    1406, // data too long
-    1411, // incorrect value for function
-    1452, // foreign key fails
-    3140, // invalid JSON text (MySQL)
-    4025, // CHECK constraint failed (MariaDB, e.g. json_valid)
-];
-
-/// Classifies a client error: row data errors are permanent, everything else transient.
-pub fn classify(context: &str, e: mysql_async::Error) -> SinkError {
-    match &e {
-        mysql_async::Error::Server(s) => {
-            let permanent =
-                PERMANENT_CODES.contains(&s.code) || s.state.starts_with("22") || s.state.starts_with("23");
-            let (code, state) = (u32::from(s.code), Some(s.state.clone()));
-            let base = if permanent { SinkError::permanent(context) } else { SinkError::transient(context) };
-            base.with_code(code, state).with_source(e)
-        }
-        _ => SinkError::transient(context).with_source(e),
-    }
+    /// Deadline of getting a connection.
+    connect_timeout: Duration,
+    /// Deadline of one call (a batch's transaction, a read, a ping).
+    query_timeout: Duration,
+    /// The session settings to apply before each call, on a pool a host lent (its connections
+    /// did not run them when they connected, and may have been reset since); `None` on the
+    /// sink's own pool, whose connections run them on connect.
+    session_each_call: Option<Arc<str>>,
+    /// Set when a call outlived its deadline, cleared by the next call that succeeds: the
+    /// pool's idle connections may be silent too, so each is pinged (briefly) before use.
+    suspect: Arc<std::sync::atomic::AtomicBool>,
+    /// How many connections the pool may hold: the most stale ones to try past.
+    max_connections: usize,
 }
 
 impl MysqlSink {
@@ -479,6 +507,7 @@ impl MysqlSink {
         );
         let mut sink = Self::with_pool(Pool::new(opts), config).await?;
         sink.owns_pool = true;
+        sink.session_each_call = None;
         Ok(sink)
     }
 
@@ -552,6 +581,11 @@ impl MysqlSink {
             }),
             max_statement_bytes,
             statements: Arc::default(),
+            connect_timeout: config.connect_timeout,
+            query_timeout: config.query_timeout,
+            session_each_call: Some(Arc::from(config.session_sql())),
+            suspect: Arc::default(),
+            max_connections: config.max_connections,
         })
     }
 
@@ -620,9 +654,11 @@ impl MysqlSink {
             params.push(Value::from(t.as_str()));
             params.push(Value::from(*p));
         }
-        conn.exec(sql::read_offsets(&self.offsets_table, partitions.len()), params)
-            .await
-            .map_err(|e| classify("cannot read offset watermarks", e))
+        let read = conn.exec(sql::read_offsets(&self.offsets_table, partitions.len()), params);
+        match tokio::time::timeout(self.query_timeout, read).await {
+            Ok(marks) => marks.map_err(|e| classify("cannot read offset watermarks", e)),
+            Err(_) => Err(self.abandon(conn, "reading offset watermarks").await),
+        }
     }
 
     /// The connection pool, for callers that share it.
@@ -868,8 +904,59 @@ impl MysqlSink {
         (index, row)
     }
 
+    /// A connection for one call, within `connect_timeout`, with the session settings applied.
+    /// After a deadline was missed, connections the pool kept from before must answer a ping
+    /// within a second, or are closed and passed over.
     async fn begin(&self) -> Result<mysql_async::Conn, SinkError> {
-        self.pool.get_conn().await.map_err(|e| classify("cannot get a mysql connection", e))
+        let mut conn = self.connection().await?;
+        let mut passed_over = 0;
+        while self.suspect.load(std::sync::atomic::Ordering::Acquire) && passed_over <= self.max_connections {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), conn.ping()).await {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+            passed_over += 1;
+            conn = self.connection().await?;
+        }
+        if let Some(session) = &self.session_each_call {
+            match tokio::time::timeout(self.query_timeout, conn.query_drop(&**session)).await {
+                Ok(set) => {
+                    set.map_err(|e| classify("cannot set the mysql session (time zone, timeouts)", e))?
+                }
+                Err(_) => return Err(self.abandon(conn, "setting the session").await),
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn connection(&self) -> Result<mysql_async::Conn, SinkError> {
+        match tokio::time::timeout(self.connect_timeout, self.pool.get_conn()).await {
+            Ok(conn) => conn.map_err(|e| classify("cannot get a mysql connection", e)),
+            Err(_) => {
+                metrics::counter!("dp_mysql_timeouts_total", "call" => "connect").increment(1);
+                Err(SinkError::transient(format!(
+                    "cannot get a mysql connection: no answer within mysql.connect_timeout ({:?})",
+                    self.connect_timeout
+                )))
+            }
+        }
+    }
+
+    /// After a call on `conn` outlived `query_timeout`: closes the connection without waiting
+    /// for the server, so it never goes back to the pool (it may be silent: no data, no FIN),
+    /// and returns the transient error that makes the caller retry on a new one. A transaction
+    /// left open on it is rolled back by the server when it notices (`wait_timeout`), or when
+    /// the close reaches it.
+    async fn abandon(&self, conn: mysql_async::Conn, what: &str) -> SinkError {
+        metrics::counter!("dp_mysql_timeouts_total", "call" => "query").increment(1);
+        self.suspect.store(true, std::sync::atomic::Ordering::Release);
+        // `disconnect` marks the connection disconnected before any I/O, so even if sending
+        // COM_QUIT blocks and is cut short here, the pool discards it instead of reusing it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+        SinkError::transient(format!(
+            "mysql did not answer within mysql.query_timeout ({:?}) while {what}; the connection was closed",
+            self.query_timeout
+        ))
     }
 }
 
@@ -929,6 +1016,22 @@ async fn add_stored_ranges(conn: &mut mysql_async::Conn, table: &str) -> Result<
             .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
     }
     Ok(())
+}
+
+/// An offset (`+05:30`, `-08:00`), `SYSTEM`, or a zone name (`Europe/Paris`, `UTC`): what
+/// `SET time_zone` takes, and never a quote.
+fn is_time_zone(s: &str) -> bool {
+    let b = s.as_bytes();
+    let offset = b.len() == 6
+        && matches!(b[0], b'+' | b'-')
+        && b[1..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b':'
+        && b[4..6].iter().all(u8::is_ascii_digit);
+    let name = !s.is_empty()
+        && s.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'_' | b'-' | b'+'));
+    offset || name
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -999,6 +1102,53 @@ impl Sink for MysqlSink {
         let mapped: Vec<(usize, Result<MappedRow<'_>, mapping::Rejection>)> =
             records.iter().map(|r| self.map(r, now)).collect();
         let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, self.write_in(&mut conn, records, mapped)).await {
+            Ok(outcome) => {
+                if outcome.is_ok() {
+                    self.suspect.store(false, std::sync::atomic::Ordering::Release);
+                }
+                outcome
+            }
+            Err(_) => Err(self.abandon(conn, "writing a batch").await),
+        }
+    }
+
+    async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, self.dead_letter_in(&mut conn, entries)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(self.abandon(conn, "writing dead letters").await),
+        }
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, conn.ping()).await {
+            Ok(pong) => pong.map_err(|e| classify("mysql ping failed", e)),
+            Err(_) => Err(self.abandon(conn, "answering a ping").await),
+        }
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        if !self.owns_pool {
+            return Ok(());
+        }
+        self.pool.clone().disconnect().await.map_err(|e| classify("closing the mysql pool failed", e))
+    }
+}
+
+impl MysqlSink {
+    /// One batch's transaction on `conn`: skip what is stored, write rows and dead letters,
+    /// record the offsets, commit. [`Sink::write_batch`] bounds it by `query_timeout`.
+    async fn write_in<'r>(
+        &self,
+        conn: &mut mysql_async::Conn,
+        records: &'r [Record],
+        mapped: Vec<(usize, Result<MappedRow<'r>, mapping::Rejection>)>,
+    ) -> Result<BatchOutcome, SinkError> {
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
@@ -1046,11 +1196,12 @@ impl Sink for MysqlSink {
         Ok(outcome)
     }
 
-    async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.begin().await?;
+    /// Dead letters' transaction on `conn` (the watermark path of rule 2 included).
+    async fn dead_letter_in(
+        &self,
+        conn: &mut mysql_async::Conn,
+        entries: &[DeadLetter],
+    ) -> Result<(), SinkError> {
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
@@ -1063,57 +1214,11 @@ impl Sink for MysqlSink {
         self.advance_watermarks(&mut tx, &records, marks).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))
     }
-
-    async fn healthcheck(&self) -> Result<(), SinkError> {
-        let mut conn = self.begin().await?;
-        conn.ping().await.map_err(|e| classify("mysql ping failed", e))
-    }
-
-    async fn close(&self) -> Result<(), SinkError> {
-        if !self.owns_pool {
-            return Ok(());
-        }
-        self.pool.clone().disconnect().await.map_err(|e| classify("closing the mysql pool failed", e))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server(code: u16, state: &str) -> mysql_async::Error {
-        mysql_async::Error::Server(mysql_async::ServerError {
-            code,
-            message: "x".into(),
-            state: state.into(),
-        })
-    }
-
-    #[test]
-    fn data_errors_are_permanent_and_outages_transient() {
-        for (code, state) in
-            [(1406, "22001"), (1366, "HY000"), (1048, "23000"), (1292, "22007"), (4025, "23000")]
-        {
-            let e = classify("insert", server(code, state));
-            assert!(!e.is_transient(), "{code} must be permanent");
-            assert_eq!(e.code(), Some(u32::from(code)));
-        }
-        for (code, state) in [
-            (1205, "HY000"),
-            (1213, "40001"),
-            (1040, "08004"),
-            (1290, "HY000"),
-            (1792, "25006"),
-            (1146, "42S02"),
-            (1927, "70100"),
-        ] {
-            assert!(classify("insert", server(code, state)).is_transient(), "{code} must be transient");
-        }
-        let io = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::other("connection reset")));
-        assert!(classify("insert", io).is_transient());
-        let closed = mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed);
-        assert!(classify("insert", closed).is_transient());
-    }
 
     #[test]
     fn config_validation_names_the_key() {

@@ -299,10 +299,11 @@ impl KafkaSource {
             Event::Stopped => {
                 Err(SourceError::permanent("the kafka consumer thread stopped; see the error logged before"))
             }
-            Event::Error(e) if self.pending.is_empty() => {
-                Err(SourceError::transient("kafka consumer error").with_source(e))
-            }
             Event::Error(e) => {
+                self.shared.error_taken();
+                if self.pending.is_empty() {
+                    return Err(SourceError::transient("kafka consumer error").with_source(e));
+                }
                 tracing::warn!(error = %e, "kafka consumer error");
                 Ok(true)
             }

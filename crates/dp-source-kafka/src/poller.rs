@@ -59,6 +59,11 @@ pub(crate) struct Shared {
     pub(crate) paused: AtomicBool,
     /// False once the client's statistics show no broker connection up.
     pub(crate) reachable: AtomicBool,
+    /// An [`Event::Error`] is waiting to be taken. librdkafka repeats its errors (all brokers
+    /// down, transport failure) for as long as an outage lasts, and the pipeline backs off
+    /// after each one it takes: queueing them all would leave a backlog of stale errors that
+    /// stalls consumption long after the broker is back. One waiting error says it all.
+    error_waiting: AtomicBool,
     /// Bumped by every rebalance: reading positions may have moved, so a record no longer
     /// follows the one read before it ([`Record::follows`]).
     rebalances: AtomicU64,
@@ -87,6 +92,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
+            error_waiting: AtomicBool::new(false),
             rebalances: AtomicU64::new(0),
             revocation: Mutex::default(),
             settled: Condvar::new(),
@@ -117,6 +123,16 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Whether to hand an error over: not while another one is waiting to be taken.
+    fn offer_error(&self) -> bool {
+        !self.error_waiting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Called by the async side when it took an [`Event::Error`].
+    pub(crate) fn error_taken(&self) {
+        self.error_waiting.store(false, Ordering::Release);
     }
 
     /// Called by the async side when it took `n` records.
@@ -181,9 +197,17 @@ impl ConsumerContext for PollerContext {
             tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_at_watermarks(consumer, tpl, &parts);
+                let moved = self.start_at_watermarks(consumer, tpl, &parts);
                 let assigned =
                     if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // Everything below a watermark is stored: commit it as a start position, so
+                // Kafka's lag is true even for a partition that receives nothing new.
+                if assigned.is_ok()
+                    && moved.count() > 0
+                    && let Err(e) = consumer.store_offsets(&moved)
+                {
+                    tracing::warn!(error = %e, "cannot store the watermarks as kafka offsets");
+                }
                 // While the pipeline is behind, new partitions wait like the others.
                 if self.shared.paused.load(Ordering::Acquire)
                     && let Err(e) = consumer.pause(tpl)
@@ -219,42 +243,44 @@ impl ConsumerContext for PollerContext {
 
 impl PollerContext {
     /// Moves newly assigned partitions whose watermark is ahead of Kafka's committed offset to
-    /// the watermark, so records the store already holds are not read again. Any failure here
-    /// only costs re-reading: the store itself skips records below its watermark.
+    /// the watermark, so records the store already holds are not read again, and returns those
+    /// partitions at their new positions. Any failure here only costs re-reading: the store
+    /// itself skips records below its watermark.
     fn start_at_watermarks(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
         parts: &[(String, i32)],
-    ) {
+    ) -> TopicPartitionList {
+        let mut moved = TopicPartitionList::new();
         let (Some(store), Some(runtime)) = (self.shared.watermarks.get(), self.shared.runtime.get()) else {
-            return;
+            return moved;
         };
         if parts.is_empty() {
-            return;
+            return moved;
         }
         // librdkafka can deliver a last assignment while the consumer is being closed, and then
         // on whichever thread drops it: possibly a runtime worker, where `block_on` panics. A
         // closing consumer reads nothing, so its start positions do not matter.
         if self.shared.stopping() || tokio::runtime::Handle::try_current().is_ok() {
             tracing::debug!(partitions = ?parts, "assignment while closing; start positions left to kafka");
-            return;
+            return moved;
         }
         let marks =
             runtime.block_on(async { tokio::time::timeout(LOOKUP_TIMEOUT, store.next_offsets(parts)).await });
         let marks = match marks {
-            Ok(Ok(marks)) if marks.is_empty() => return,
+            Ok(Ok(marks)) if marks.is_empty() => return moved,
             Ok(Ok(marks)) => marks,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read start positions from the watermark store; starting from kafka's committed offsets");
-                return;
+                return moved;
             }
             Err(_) => {
                 tracing::warn!(
                     timeout = ?LOOKUP_TIMEOUT,
                     "watermark store did not answer; starting from kafka's committed offsets"
                 );
-                return;
+                return moved;
             }
         };
         let committed = consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT).map_err(|e| {
@@ -271,16 +297,20 @@ impl PollerContext {
                 continue;
             }
             match tpl.set_partition_offset(&topic, partition, Offset::Offset(watermark)) {
-                Ok(()) => tracing::info!(
-                    topic,
-                    partition,
-                    kafka_committed = ?kafka,
-                    watermark,
-                    "partition starts at the stored watermark, ahead of kafka's committed offset"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        kafka_committed = ?kafka,
+                        watermark,
+                        "partition starts at the stored watermark, ahead of kafka's committed offset"
+                    );
+                    let _ = moved.add_partition_offset(&topic, partition, Offset::Offset(watermark));
+                }
                 Err(e) => tracing::warn!(topic, partition, error = %e, "cannot start at the watermark"),
             }
         }
+        moved
     }
 
     /// Before revoked partitions are let go: waits until the pipeline has delivered what it
@@ -414,10 +444,13 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
                 // A reset position (offset out of range, say) is reported as an error: what
                 // follows may not continue what was read.
                 last.clear();
-                // The receiver is gone only when the source is.
-                let gone = ctx.events.send(Event::Error(e)).is_err();
-                if gone {
-                    return;
+                if shared.offer_error() {
+                    // The receiver is gone only when the source is.
+                    if ctx.events.send(Event::Error(e)).is_err() {
+                        return;
+                    }
+                } else {
+                    tracing::debug!(error = %e, "kafka consumer error (another one is waiting to be taken)");
                 }
             }
             None => {}
@@ -509,5 +542,21 @@ fn leave(consumer: &BaseConsumer<PollerContext>) {
         // Records still arriving are neither handed over nor committed: they are dropped here
         // and read again by the next owner.
         let _ = consumer.poll(IDLE_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_error_waits_at_a_time() {
+        let shared = Shared::new(Duration::from_secs(1));
+        assert!(shared.offer_error(), "the first error is handed over");
+        for _ in 0..1_000 {
+            assert!(!shared.offer_error(), "repeats are dropped while it waits");
+        }
+        shared.error_taken();
+        assert!(shared.offer_error(), "the next error after it was taken is handed over");
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod durable_kafka;
+pub mod mariadb;
 pub mod mysql;
 
 use std::collections::BTreeSet;
@@ -287,7 +289,7 @@ impl TestEnv {
     }
 
     /// Starts the binary as instance `<instance>-<name>`, logging to its own file.
-    pub fn spawn_named(&self, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Child {
+    pub fn spawn_named(&self, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Instance {
         let id = self.instance_named(name);
         let mut all: Vec<(&str, &str)> = extra.to_vec();
         all.push(("DP_INSTANCE_ID", &id));
@@ -308,11 +310,11 @@ impl TestEnv {
     }
 
     /// Starts the real binary with this test's settings plus `extra` variables.
-    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Child {
+    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Instance {
         self.spawn_logged(args, extra, &self.log_path())
     }
 
-    fn spawn_logged(&self, args: &[&str], extra: &[(&str, &str)], log: &std::path::Path) -> Child {
+    fn spawn_logged(&self, args: &[&str], extra: &[(&str, &str)], log: &std::path::Path) -> Instance {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-pipeline"));
         cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         cmd.env("RUST_LOG", "info");
@@ -326,7 +328,7 @@ impl TestEnv {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let log2 = log.try_clone().expect("log file");
         cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log2));
-        cmd.spawn().expect("spawn delivery-pipeline")
+        Instance(cmd.spawn().expect("spawn delivery-pipeline"))
     }
 
     pub fn log_path(&self) -> std::path::PathBuf {
@@ -369,6 +371,32 @@ async fn scan(c: &Client, pattern: &str) -> Vec<String> {
 /// proves nothing).
 pub fn read_log(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read log {}: {e}", path.display()))
+}
+
+/// A process of the binary under test (a `Child`): SIGKILLed when dropped while still running,
+/// so a test that fails midway leaves nothing behind to consume, write and load the machine.
+pub struct Instance(pub Child);
+
+impl std::ops::Deref for Instance {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Instance {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            sigkill(&mut self.0);
+        }
+    }
 }
 
 /// The partitions the instance logging to `log` holds now, from its assignment and revocation
