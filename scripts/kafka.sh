@@ -5,11 +5,14 @@
 #   scripts/kafka.sh start    # download + verify once, start, wait until it answers
 #   scripts/kafka.sh stop
 #   scripts/kafka.sh status
+#
+# TEST_KAFKA_DIR (target/kafka) and TEST_KAFKA_PORT (9092) override the defaults; the names
+# avoid the DP_ prefix, which the binary reads as settings.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir="${DP_KAFKA_DIR:-$root/target/kafka}"
-port="${DP_KAFKA_PORT:-9092}"
+dir="${TEST_KAFKA_DIR:-$root/target/kafka}"
+port="${TEST_KAFKA_PORT:-9092}"
 bin="$dir/tansu"
 pidfile="$dir/tansu.pid"
 log="$dir/tansu.log"

@@ -542,7 +542,7 @@ struct TlsKafka {
 /// A tansu broker of the test's own listening on `listen` and advertising `advertised`;
 /// with `authentication`, it asks for SASL (SCRAM) and knows no user.
 fn tansu(listen: u16, advertised: u16, authentication: bool) -> Own {
-    let dir = std::env::var("DP_KAFKA_DIR")
+    let dir = std::env::var("TEST_KAFKA_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
     let mut cmd = Command::new(format!("{dir}/tansu"));
     cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{listen}")])

@@ -20,7 +20,7 @@ use super::sigkill;
 /// How to install what is missing.
 const FIX_MOTO: &str = "install the pinned moto server: `python3 -m pip install -r bins/delivery-pipeline/tests/support/requirements.txt` (scripts/test.sh does)";
 const FIX_TANSU: &str =
-    "run `scripts/kafka.sh start` (it installs tansu into target/kafka; DP_KAFKA_DIR overrides)";
+    "run `scripts/kafka.sh start` (it installs tansu into target/kafka; TEST_KAFKA_DIR overrides)";
 /// How long a starting moto or tansu may take on a loaded 2-core machine.
 const START_LIMIT: Duration = Duration::from_secs(60);
 const BUCKET: &str = "tansu";
@@ -40,8 +40,8 @@ impl DurableKafka {
     /// Starts moto, creates the bucket, starts tansu on it. `name` names the log files
     /// (`<CARGO_TARGET_TMPDIR>/<name>-moto.log`, `…-tansu.log`, appended across restarts).
     pub fn start(name: &str) -> Self {
-        // Where `scripts/kafka.sh start` installs it (DP_KAFKA_DIR overrides, as for the script).
-        let dir = std::env::var("DP_KAFKA_DIR")
+        // Where `scripts/kafka.sh start` installs it (TEST_KAFKA_DIR overrides, as for the script).
+        let dir = std::env::var("TEST_KAFKA_DIR")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
         let bin = PathBuf::from(format!("{dir}/tansu"));
         assert!(bin.is_file(), "tansu is not installed at {}: {FIX_TANSU}", bin.display());

@@ -616,8 +616,8 @@ pub struct OwnKafka {
 
 impl OwnKafka {
     pub fn start(listen: u16, proxy: &Proxy) -> Self {
-        // Where `scripts/kafka.sh start` installs it (DP_KAFKA_DIR overrides, as for the script).
-        let dir = std::env::var("DP_KAFKA_DIR")
+        // Where `scripts/kafka.sh start` installs it (TEST_KAFKA_DIR overrides, as for the script).
+        let dir = std::env::var("TEST_KAFKA_DIR")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/kafka").to_owned());
         let bin = format!("{dir}/tansu");
         let child = std::process::Command::new(&bin)
