@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dp_assembly::Config;
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Record, Sink};
-use dp_pipeline::Config;
 use dp_sink_mysql::MysqlSink;
 use fred::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -416,10 +416,11 @@ impl PipelineProcess {
     fn spawn(config: &Config) -> anyhow::Result<Self> {
         let dir = Path::new("target/bench");
         std::fs::create_dir_all(dir).context("cannot create target/bench")?;
-        let mut c = config.clone();
-        c.http.enabled = false;
+        let mut settings = crate::settings::Settings { pipeline: config.clone(), ..Default::default() };
+        settings.http.enabled = false;
+        let c = &settings.pipeline;
         let file = dir.join(format!("{}.toml", c.instance_id));
-        std::fs::write(&file, toml::to_string(&c)?)
+        std::fs::write(&file, toml::to_string(&settings)?)
             .with_context(|| format!("cannot write {}", file.display()))?;
         let log = dir.join(format!("{}.log", c.instance_id));
         let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -428,7 +429,7 @@ impl PipelineProcess {
         for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("DP_")) {
             cmd.env_remove(k);
         }
-        cmd.envs(crate::settings::secret_variables(&c))
+        cmd.envs(crate::settings::secret_variables(c))
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

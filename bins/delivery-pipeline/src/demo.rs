@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dp_assembly::Config;
 use dp_buffer_redis::RedisBuffer;
-use dp_pipeline::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 use mysql_async::prelude::Queryable;
 use rdkafka::mocking::MockCluster;
@@ -96,7 +96,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
         produced.elapsed.as_secs_f64()
     );
 
-    let pipeline = dp_pipeline::build(&config).await?;
+    let pipeline = dp_assembly::build(&config).await?;
     let stats = pipeline.stats();
     let bar = ProgressBar::new(produced.produced);
     bar.set_style(

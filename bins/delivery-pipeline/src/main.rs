@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use delivery_pipeline::settings::LogFormat;
 use delivery_pipeline::settings::{self, Settings};
 use delivery_pipeline::{bench, demo, dlq, http, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
-use dp_pipeline::LogFormat;
 use dp_sink_mysql::MysqlSink;
 use dp_source_kafka::KafkaSource;
 
@@ -226,14 +226,14 @@ fn init_logging(settings: &Settings) {
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
-    let config = settings.clone();
+    let config = settings.pipeline.clone();
     match command {
         Command::Run => {
             let metrics = http::install_metrics()?;
-            let pipeline = dp_pipeline::build(&config).await?;
-            let _http = if config.http.enabled {
+            let pipeline = dp_assembly::build(&config).await?;
+            let _http = if settings.http.enabled {
                 let (address, task) =
-                    http::serve(&config.http.address, pipeline.readiness(), metrics).await?;
+                    http::serve(&settings.http.address, pipeline.readiness(), metrics).await?;
                 tracing::info!(%address, "http endpoint listening (/livez, /readyz, /metrics)");
                 Some(AbortOnDrop(task))
             } else {
@@ -344,7 +344,7 @@ impl Drop for AbortOnDrop {
 }
 
 async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let config = settings;
+    let config = &settings.pipeline;
     println!("# effective settings (passwords redacted)\n{}", settings::to_toml(settings));
     let timeout = Duration::from_secs(5);
     let mut failed = false;

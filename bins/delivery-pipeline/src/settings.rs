@@ -3,12 +3,66 @@
 
 use std::path::Path;
 
-use dp_pipeline::Config;
+use dp_assembly::Config;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
 
-/// The settings file's shape: the pipeline's [`Config`], `[log]` included.
-pub type Settings = Config;
+/// The settings file's shape: the pipeline's [`Config`] and the binary's own `[log]` and
+/// `[http]`. Read by [`load`], which takes each part from the file and the environment so that
+/// an error names its key; written (as TOML) by [`to_toml`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Settings {
+    /// What the pipeline runs on: every section but `[log]` and `[http]`.
+    #[serde(flatten)]
+    pub pipeline: Config,
+    /// Logging.
+    pub log: LogConfig,
+    /// The health and metrics endpoint.
+    pub http: HttpConfig,
+}
+
+/// The binary's HTTP endpoint (`[http]`, `DP_HTTP__*`): `/livez`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// `host:port` to listen on; port 0 picks a free one (logged at startup).
+    pub address: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { enabled: true, address: "0.0.0.0:9000".into() }
+    }
+}
+
+/// How the binary logs (`[log]`, `DP_LOG__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,dp_pipeline=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Loads settings from defaults, `file` (if given) and the `DP_` variables in `env`; fills in
 /// the instance id from the host name when unset; validates. The error is one line naming the
@@ -43,15 +97,53 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
             };
         fig = fig.merge(Serialized::default(&path, value));
     }
-    let mut settings: Settings = fig.extract().map_err(|e| first_error(&e, file, env))?;
-    if settings.instance_id.is_empty() {
-        settings.instance_id = hostname::get()
+    refuse_unknown_top_level_keys(&fig, file, env)?;
+    let extract_error = |e: figment::Error| first_error(&e, file, env);
+    let mut settings = Settings {
+        pipeline: fig.extract().map_err(extract_error)?,
+        log: fig.extract_inner("log").map_err(extract_error)?,
+        http: fig.extract_inner("http").map_err(extract_error)?,
+    };
+    if settings.pipeline.instance_id.is_empty() {
+        settings.pipeline.instance_id = hostname::get()
             .ok()
             .and_then(|h| h.into_string().ok())
             .ok_or("instance_id: unset and the host name is not readable; set DP_INSTANCE_ID")?;
     }
-    settings.validate()?;
+    settings.pipeline.validate().map_err(|e| e.to_string())?;
+    if settings.http.enabled && settings.http.address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!(
+            "http.address: `{}` is not an IP address and port such as 0.0.0.0:9000",
+            settings.http.address
+        ));
+    }
     Ok(settings)
+}
+
+/// Every section refuses keys it does not know; the top level, which `[log]` and `[http]`
+/// share with the pipeline's [`Config`] (which leaves keys it does not know to its host), is
+/// checked here against the keys the defaults have.
+fn refuse_unknown_top_level_keys(
+    fig: &Figment,
+    file: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    let known: Vec<&str> = Config::KEYS.iter().copied().chain(["log", "http"]).collect();
+    let given: figment::value::Dict = fig.extract().map_err(|e| first_error(&e, file, env))?;
+    match given.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(key) => {
+            let variable = format!("DP_{}", key.to_ascii_uppercase());
+            let origin = if env.iter().any(|(name, _)| name.starts_with(&variable)) {
+                format!(" (from {variable})")
+            } else if let Some(f) = file {
+                format!(" (in {})", f.display())
+            } else {
+                String::new()
+            };
+            Err(format!("unknown key `{key}`{origin}; expected one of {known:?}"))
+        }
+    }
 }
 
 /// One line: the key, what is wrong, and where the value came from (the variable or the file;
@@ -78,7 +170,7 @@ pub fn to_toml(settings: &Settings) -> String {
 /// The `DP_` variables that carry `settings`' secrets, which [`to_toml`] redacts: for a child
 /// process given the TOML as its settings file. Secrets read from files are not among them
 /// (the file's path is in the TOML).
-pub fn secret_variables(settings: &Settings) -> Vec<(String, String)> {
+pub fn secret_variables(settings: &Config) -> Vec<(String, String)> {
     let mut out = vec![
         ("DP_MYSQL__URL".to_owned(), settings.mysql.url.expose().to_owned()),
         ("DP_REDIS__URL".to_owned(), settings.redis.url.expose().to_owned()),
@@ -113,7 +205,7 @@ mod tests {
             .expect("write");
         let s = load(Some(f.path()), &env(&[("DP_KAFKA__BROKERS", "env:9092"), ("DP_KAFKA__TOPICS", "a,b")]))
             .expect("loads");
-        let c = &s;
+        let c = &s.pipeline;
         assert_eq!(c.kafka.brokers, "env:9092", "environment wins over the file");
         assert_eq!(c.kafka.group_id, "from-file", "the file wins over defaults");
         assert_eq!(c.kafka.topics, vec!["a", "b"]);
@@ -133,18 +225,18 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(
-            s.kafka.properties.get("partition.assignment.strategy").map(String::as_str),
+            s.pipeline.kafka.properties.get("partition.assignment.strategy").map(String::as_str),
             Some("cooperative-sticky")
         );
-        assert_eq!(s.kafka.properties.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
+        assert_eq!(s.pipeline.kafka.properties.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
     }
 
     #[test]
     fn durations_and_sizes_from_the_environment() {
         let s = load(None, &env(&[("DP_BUFFER__FLUSH_INTERVAL", "500ms"), ("DP_BUFFER__MAX_ROWS", "250")]))
             .expect("loads");
-        assert_eq!(s.buffer.flush_interval, std::time::Duration::from_millis(500));
-        assert_eq!(s.buffer.max_rows, 250);
+        assert_eq!(s.pipeline.buffer.flush_interval, std::time::Duration::from_millis(500));
+        assert_eq!(s.pipeline.buffer.max_rows, 250);
     }
 
     #[test]
@@ -191,13 +283,17 @@ mod tests {
             ]),
         )
         .expect("loads");
-        assert!(s.mysql.tls.enabled);
-        assert_eq!(s.mysql.tls.verify, dp_core::TlsVerify::None);
-        assert_eq!(s.mysql.tls.ca_file.as_deref(), Some(Path::new("/etc/ssl/private-ca.pem")));
-        assert!(s.redis.tls_on());
-        assert_eq!(s.redis.password_file.as_deref(), Some(Path::new("/run/secrets/redis")));
-        assert_eq!(s.kafka.sasl.mechanism, Some(dp_source_kafka::SaslMechanism::ScramSha512));
-        assert_eq!(s.kafka.sasl.password.as_ref().map(dp_core::Secret::expose), Some("007"), "kept as text");
+        assert!(s.pipeline.mysql.tls.enabled);
+        assert_eq!(s.pipeline.mysql.tls.verify, dp_core::TlsVerify::None);
+        assert_eq!(s.pipeline.mysql.tls.ca_file.as_deref(), Some(Path::new("/etc/ssl/private-ca.pem")));
+        assert!(s.pipeline.redis.tls_on());
+        assert_eq!(s.pipeline.redis.password_file.as_deref(), Some(Path::new("/run/secrets/redis")));
+        assert_eq!(s.pipeline.kafka.sasl.mechanism, Some(dp_source_kafka::SaslMechanism::ScramSha512));
+        assert_eq!(
+            s.pipeline.kafka.sasl.password.as_ref().map(dp_core::Secret::expose),
+            Some("007"),
+            "kept as text"
+        );
         let e = load(None, &env(&[("DP_MYSQL__TLS__ENABLED", "true"), ("DP_MYSQL__TLS__VERIFY", "ca")]))
             .expect_err("MySQL's client always checks the name");
         assert!(e.starts_with("mysql.tls.verify"), "{e}");
@@ -227,14 +323,17 @@ mod tests {
         for secret in ["hunter2", "redis-pw", "sasl-pw", "key-pw"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
-        let mut vars = secret_variables(&s);
+        let mut vars = secret_variables(&s.pipeline);
         vars.push(("DP_KAFKA__SASL__MECHANISM".into(), "PLAIN".into()));
         vars.push(("DP_KAFKA__SASL__USERNAME".into(), "pipeline".into()));
         let child = load(None, &env(&vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>()));
         let child = child.expect("a child loads the secrets back");
-        assert_eq!(child.kafka.sasl.password.as_ref().map(dp_core::Secret::expose), Some("sasl-pw"));
-        assert_eq!(child.kafka.properties.get("ssl.key.password").map(String::as_str), Some("key-pw"));
-        assert_eq!(child.redis.url.expose(), "redis://:redis-pw@cache:6379");
+        assert_eq!(child.pipeline.kafka.sasl.password.as_ref().map(dp_core::Secret::expose), Some("sasl-pw"));
+        assert_eq!(
+            child.pipeline.kafka.properties.get("ssl.key.password").map(String::as_str),
+            Some("key-pw")
+        );
+        assert_eq!(child.pipeline.redis.url.expose(), "redis://:redis-pw@cache:6379");
     }
 
     #[test]
@@ -244,5 +343,35 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("mysql://app:***@db:3306/x"), "{text}");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod binary_sections {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        v.push(("DP_INSTANCE_ID".into(), "test-0".into()));
+        v
+    }
+
+    #[test]
+    fn log_and_http_are_the_binarys_and_unknown_top_level_keys_are_refused() {
+        let s = load(None, &env(&[("DP_LOG__FORMAT", "json"), ("DP_HTTP__ADDRESS", "127.0.0.1:0")]))
+            .expect("loads");
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.http.address, "127.0.0.1:0");
+        let e = load(None, &env(&[("DP_HTTP__ADDRESS", "localhost")])).expect_err("not an address");
+        assert!(e.starts_with("http.address"), "{e}");
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "instance_idd = \"x\"").expect("write");
+        let e = load(Some(f.path()), &env(&[])).expect_err("typo at the top level");
+        assert!(e.contains("instance_idd"), "{e}");
+        let e = load(None, &env(&[("DP_BOGUS", "1")])).expect_err("unknown variable");
+        assert!(e.contains("bogus") && e.contains("DP_BOGUS"), "{e}");
     }
 }

@@ -94,7 +94,7 @@ fn every_dp_variable_is_a_valid_setting() {
         let vars = pod_env(&docs, workload);
         assert!(vars.iter().all(|(n, _)| n.starts_with("DP_")), "only DP_ variables: {vars:?}");
         let s = settings::load(None, &vars).unwrap_or_else(|e| panic!("{:?}: {e}", workload["kind"]));
-        assert_eq!(s.kafka.topics, vec!["delivery-events".to_string()]);
+        assert_eq!(s.pipeline.kafka.topics, vec!["delivery-events".to_string()]);
     }
     let compose = &yaml("compose.yaml")[0];
     let vars = string_map(&compose["services"]["pipeline"]["environment"]);
@@ -118,9 +118,9 @@ fn workloads_probe_the_binarys_endpoints_and_outlast_the_drain() {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
         let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("grace period");
         assert!(
-            grace as u64 > s.shutdown_timeout.as_secs(),
+            grace as u64 > s.pipeline.shutdown_timeout.as_secs(),
             "grace {grace}s must exceed shutdown_timeout {:?}",
-            s.shutdown_timeout
+            s.pipeline.shutdown_timeout
         );
         assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
         let annotations = &workload["spec"]["template"]["metadata"]["annotations"];

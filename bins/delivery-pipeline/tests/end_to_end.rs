@@ -16,7 +16,7 @@ async fn run_until(
     env: &TestEnv,
     stop: impl Fn(&dp_pipeline::StatsSnapshot) -> bool + Send + 'static,
 ) -> RunSummary {
-    let pipeline = dp_pipeline::build(&env.config()).await.expect("build pipeline");
+    let pipeline = dp_assembly::build(&env.config()).await.expect("build pipeline");
     let stats: Arc<PipelineStats> = pipeline.stats();
     let shutdown = async move {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);

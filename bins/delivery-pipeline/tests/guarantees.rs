@@ -74,11 +74,11 @@ async fn after_buffer_refuses_a_redis_that_does_not_persist() {
     // The shared Redis runs with appendonly no.
     let mut config = env.config();
     config.commit_policy = CommitPolicy::AfterBuffer;
-    let err = dp_pipeline::build(&config).await.err().expect("must refuse");
+    let err = dp_assembly::build(&config).await.err().expect("must refuse");
     let msg = err.to_string();
     assert!(msg.starts_with("commit_policy: after_buffer needs a Redis that persists writes"), "{msg}");
     assert!(msg.contains("appendonly=no"), "{msg}");
     config.allow_volatile_buffer = true;
-    assert!(dp_pipeline::build(&config).await.is_ok(), "the explicit override is honoured");
+    assert!(dp_assembly::build(&config).await.is_ok(), "the explicit override is honoured");
     env.drop_tables().await;
 }

@@ -76,7 +76,7 @@ async fn two_topics_go_to_two_tables_and_the_status_table_ends_at_each_newest_sc
     let mut c = env.mysql().await;
     c.query_drop(format!("DROP TABLE IF EXISTS `{status_table}`")).await.expect("drop");
 
-    let pipeline = dp_pipeline::build(&config).await.expect("build");
+    let pipeline = dp_assembly::build(&config).await.expect("build");
     let stats = pipeline.stats();
     let total = EVENTS + SHIPMENTS * SCANS_PER_SHIPMENT;
     let summary = pipeline

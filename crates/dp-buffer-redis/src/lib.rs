@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dp_core::{
-    Buffer, BufferError, BufferKey, Orphan, Record, SecretUrl, TlsConfig, decode_record, encode_record,
-    encode_record_zstd,
+    Buffer, BufferError, BufferKey, Leases, Orphan, ReadBack, Record, SecretUrl, TlsConfig, decode_record,
+    encode_record, encode_record_zstd,
 };
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -978,10 +978,47 @@ impl Buffer for RedisBuffer {
         self.unlink_all(&names).await.map_err(|e| transient("UNLINK", e))
     }
 
-    fn can_fetch(&self) -> bool {
-        true
+    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+        self.load(&self.instance_id).await
     }
 
+    async fn healthcheck(&self) -> Result<(), BufferError> {
+        self.ping_all().await.map_err(|e| transient("PING", e))?;
+        self.settle().await.map_err(|e| transient("UNLINK of a failed append's keys", e))?;
+        let claimed: i64 = self
+            .client
+            .exists(self.claim_key(&self.instance_id))
+            .await
+            .map_err(|e| transient("EXISTS", e))?;
+        if claimed > 0 {
+            return Err(BufferError::transient(
+                "this instance's buffer is being adopted by another instance",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BufferError> {
+        // Give up the lease: whatever is left (a drain that timed out) is adopted at once by a
+        // live instance, or restored by our successor under the same id.
+        let _ = self.client.del::<(), _>(self.lease_key(&self.instance_id)).await;
+        if self.scan_keys().await.is_ok_and(|k| k.is_empty()) {
+            let _ = self.client.srem::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await;
+        }
+        self.client.quit().await.map_err(|e| transient("QUIT", e))
+    }
+
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        Some(self)
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ReadBack for RedisBuffer {
     async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
         let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let values = self.mget_all(&names).await.map_err(|e| transient("MGET", e))?;
@@ -1010,29 +1047,12 @@ impl Buffer for RedisBuffer {
         }
         Ok(out)
     }
+}
 
-    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
-        self.load(&self.instance_id).await
-    }
-
-    async fn healthcheck(&self) -> Result<(), BufferError> {
-        self.ping_all().await.map_err(|e| transient("PING", e))?;
-        self.settle().await.map_err(|e| transient("UNLINK of a failed append's keys", e))?;
-        let claimed: i64 = self
-            .client
-            .exists(self.claim_key(&self.instance_id))
-            .await
-            .map_err(|e| transient("EXISTS", e))?;
-        if claimed > 0 {
-            return Err(BufferError::transient(
-                "this instance's buffer is being adopted by another instance",
-            ));
-        }
-        Ok(())
-    }
-
-    fn heartbeat_interval(&self) -> Option<Duration> {
-        Some(self.lease_ttl / 3)
+#[async_trait]
+impl Leases for RedisBuffer {
+    fn heartbeat_interval(&self) -> Duration {
+        self.lease_ttl / 3
     }
 
     async fn heartbeat(&self) -> Result<(), BufferError> {
@@ -1075,16 +1095,6 @@ impl Buffer for RedisBuffer {
                 .map_err(|e| transient("SREM", e))?;
         }
         self.client.del::<(), _>(self.claim_key(instance)).await.map_err(|e| transient("DEL", e))
-    }
-
-    async fn close(&self) -> Result<(), BufferError> {
-        // Give up the lease: whatever is left (a drain that timed out) is adopted at once by a
-        // live instance, or restored by our successor under the same id.
-        let _ = self.client.del::<(), _>(self.lease_key(&self.instance_id)).await;
-        if self.scan_keys().await.is_ok_and(|k| k.is_empty()) {
-            let _ = self.client.srem::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await;
-        }
-        self.client.quit().await.map_err(|e| transient("QUIT", e))
     }
 }
 

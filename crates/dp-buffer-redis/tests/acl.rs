@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dp_buffer_redis::test_support::RedisServer;
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig};
-use dp_core::{Buffer, Record, SecretUrl};
+use dp_core::{Buffer, Leases, ReadBack, Record, SecretUrl};
 
 /// The ACL rule of docs/security.md, for the prefix `msg`.
 const DOCUMENTED_RULE: &str = "on >acl-test-pw resetkeys ~msg:* resetchannels -@all \

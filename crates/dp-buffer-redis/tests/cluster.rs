@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dp_buffer_redis::test_support::RedisCluster;
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig, RedisMode};
-use dp_core::{Buffer, BufferKey, Record, SecretUrl};
+use dp_core::{Buffer, BufferKey, Leases, ReadBack, Record, SecretUrl};
 use fred::prelude::*;
 
 const RECORDS: usize = 5_000;

@@ -3,7 +3,7 @@
 //! by an instance configured without compression — so the setting can change across restarts.
 
 use dp_buffer_redis::{Compression, RedisBuffer, RedisBufferConfig};
-use dp_core::{Buffer, FORMAT_VERSION, FORMAT_VERSION_ZSTD, Record};
+use dp_core::{Buffer, FORMAT_VERSION, FORMAT_VERSION_ZSTD, ReadBack, Record};
 use fred::prelude::*;
 
 fn event(offset: i64) -> Record {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig};
-use dp_core::{Buffer, Record};
+use dp_core::{Buffer, Leases, Record};
 use fred::prelude::*;
 
 fn rec(offset: i64) -> Record {

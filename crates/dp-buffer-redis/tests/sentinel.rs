@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dp_buffer_redis::test_support::RedisSentinels;
 use dp_buffer_redis::{RedisBuffer, RedisBufferConfig, RedisMode};
-use dp_core::{Buffer, BufferKey, Record, SecretUrl};
+use dp_core::{Buffer, BufferKey, Leases, ReadBack, Record, SecretUrl};
 use fred::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,5 +38,6 @@ pub use secret::{Secret, SecretUrl, is_secret_name, read_secret_file, redact_url
 pub use settings::string_or_list;
 pub use tls::{TlsConfig, TlsFiles, TlsVerify, explain_tls_error};
 pub use traits::{
-    BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Orphan, Sink, Source, Watermarks,
+    BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Health, Leases, Orphan, ReadBack, Sink,
+    Source, Watermarks,
 };

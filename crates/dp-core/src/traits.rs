@@ -1,9 +1,17 @@
 //! The three traits that connect a pipeline: [`Source`], [`Buffer`] and [`Sink`].
 //!
-//! Each has one required method; the rest have defaults. They are object safe (the runtime
-//! holds them as `Box<dyn …>` / `Arc<dyn …>`), which `object_safety` below checks at compile time.
+//! [`Source`] and [`Sink`] have one required method each; [`Buffer`] has the three that
+//! durability needs (`append`, `remove`, `restore`). What a buffer may do beyond that is a
+//! capability of its own, which the runtime asks for: [`ReadBack`] (records read back, so
+//! batches can be held in the buffer alone while the sink is down) and [`Leases`] (adoption of
+//! a dead instance's buffer). Every part may report its [`Health`].
+//!
+//! They are object safe (the runtime holds them as `Box<dyn …>` / `Arc<dyn …>`), which
+//! `object_safety` below checks at compile time.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -45,6 +53,20 @@ pub trait Source: Send {
     async fn close(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
+
+    /// A probe of the source's own state (broker connections, say) for readiness checks,
+    /// taken once when the pipeline is built; `None` when the source has nothing to report.
+    fn health(&self) -> Option<Arc<dyn Health>> {
+        None
+    }
+}
+
+/// What a part reports to a readiness probe: read from a probe's thread while the pipeline
+/// runs, so it must be cheap and must not block.
+pub trait Health: Send + Sync {
+    /// One line per problem, naming the part (`kafka: no broker connection is up`); empty when
+    /// the part can do its work.
+    fn problems(&self) -> Vec<String>;
 }
 
 /// Opaque handle of one record's write-ahead copy.
@@ -67,62 +89,23 @@ impl fmt::Debug for BufferKey {
 ///
 /// Records are appended when they arrive and removed once delivered; whatever is left when a
 /// process dies is restored (and delivered) by the next process that starts with the same
-/// identity.
+/// identity. The three required methods are what that takes: a buffer that cannot remove or
+/// restore cannot be written, rather than compiling and silently keeping nothing.
 #[async_trait]
 pub trait Buffer: Send + Sync {
-    /// Stores `records` and returns one key per record, in the same order.
+    /// Stores `records` and returns one key per record, in the same order. Returns `Ok` only
+    /// once every copy is stored as durably as this buffer stores anything.
     async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError>;
 
     /// Deletes the copies of delivered records. Deleting a missing key is not an error.
-    async fn remove(&self, keys: &[BufferKey]) -> Result<(), BufferError> {
-        let _ = keys;
-        Ok(())
-    }
+    async fn remove(&self, keys: &[BufferKey]) -> Result<(), BufferError>;
 
-    /// Whether [`fetch`](Buffer::fetch) works. A buffer that can read records back lets the
-    /// runtime keep collecting while the sink is down, holding the batches only in the buffer
-    /// (up to `buffer.max_buffered_rows`); otherwise consumption pauses once memory is full.
-    fn can_fetch(&self) -> bool {
-        false
-    }
-
-    /// Reads back the records stored under `keys` by this instance's
-    /// [`append`](Buffer::append), in the same order; `None` where a key no longer exists.
-    async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
-        let _ = keys;
-        Err(BufferError::permanent("this buffer cannot read records back"))
-    }
-
-    /// Every record left by an earlier run of this instance, in arrival order.
-    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
-        Ok(Vec::new())
-    }
+    /// Every record left by an earlier run of this instance, in arrival order. The runtime
+    /// delivers them before it consumes anything, then removes them.
+    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError>;
 
     /// Checks that the buffer answers.
     async fn healthcheck(&self) -> Result<(), BufferError> {
-        Ok(())
-    }
-
-    /// How often [`heartbeat`](Buffer::heartbeat) must run; `None` for a buffer without
-    /// leases (then nothing is ever adopted from it).
-    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
-        None
-    }
-
-    /// Renews this instance's lease, telling other instances it is alive.
-    async fn heartbeat(&self) -> Result<(), BufferError> {
-        Ok(())
-    }
-
-    /// Claims the buffer of one other instance whose lease expired, if there is one, and
-    /// returns its records in arrival order. Only one claimer wins a given orphan.
-    async fn claim_orphan(&self) -> Result<Option<Orphan>, BufferError> {
-        Ok(None)
-    }
-
-    /// Ends a claim once the orphan's records are delivered and removed.
-    async fn release_orphan(&self, instance: &str) -> Result<(), BufferError> {
-        let _ = instance;
         Ok(())
     }
 
@@ -130,6 +113,51 @@ pub trait Buffer: Send + Sync {
     async fn close(&self) -> Result<(), BufferError> {
         Ok(())
     }
+
+    /// Reading records back, when this buffer can: the runtime then keeps collecting while
+    /// the sink is down, holding whole batches in the buffer alone (up to
+    /// `max_buffered_rows`); without it, consumption pauses once memory is full.
+    fn read_back(&self) -> Option<&dyn ReadBack> {
+        None
+    }
+
+    /// Leases, when this buffer has them: the runtime renews this instance's lease and adopts
+    /// the buffers of instances whose lease expired. Without them nothing is ever adopted; a
+    /// dead instance's records wait for an instance with its identity.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
+    /// A probe of the buffer's own state for readiness checks (see [`Source::health`]).
+    fn health(&self) -> Option<Arc<dyn Health>> {
+        None
+    }
+}
+
+/// A [`Buffer`] capability: reading records back by key.
+#[async_trait]
+pub trait ReadBack: Send + Sync {
+    /// Reads back the records stored under `keys` by this instance's
+    /// [`append`](Buffer::append), in the same order; `None` where a key no longer exists.
+    async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError>;
+}
+
+/// A [`Buffer`] capability: a lease per instance, renewed while it lives, so that another
+/// instance can adopt (deliver and remove) the buffer of one that died for good.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// How often [`heartbeat`](Leases::heartbeat) must run.
+    fn heartbeat_interval(&self) -> Duration;
+
+    /// Renews this instance's lease, telling other instances it is alive.
+    async fn heartbeat(&self) -> Result<(), BufferError>;
+
+    /// Claims the buffer of one other instance whose lease expired, if there is one, and
+    /// returns its records in arrival order. Only one claimer wins a given orphan.
+    async fn claim_orphan(&self) -> Result<Option<Orphan>, BufferError>;
+
+    /// Ends a claim once the orphan's records are delivered and removed.
+    async fn release_orphan(&self, instance: &str) -> Result<(), BufferError>;
 }
 
 /// The buffer of an instance that stopped renewing its lease, claimed for delivery.
@@ -208,6 +236,11 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
 
+    /// A probe of the sink's own state for readiness checks (see [`Source::health`]).
+    fn health(&self) -> Option<Arc<dyn Health>> {
+        None
+    }
+
     /// Releases connections.
     async fn close(&self) -> Result<(), SinkError> {
         Ok(())
@@ -238,13 +271,16 @@ mod object_safety {
     use super::*;
 
     // Compiles only while the traits stay object safe.
-    #[allow(dead_code)]
+    #[allow(dead_code, clippy::too_many_arguments)]
     fn boxed(
         _: Box<dyn Source>,
         _: std::sync::Arc<dyn Buffer>,
         _: std::sync::Arc<dyn Sink>,
         _: std::sync::Arc<dyn Watermarks>,
         _: std::sync::Arc<dyn DeadLetterPublisher>,
+        _: &dyn ReadBack,
+        _: &dyn Leases,
+        _: std::sync::Arc<dyn Health>,
     ) {
     }
 }

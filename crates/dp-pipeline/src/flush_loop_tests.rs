@@ -18,6 +18,7 @@ use dp_core::{
 use proptest::prelude::*;
 
 use super::*;
+use crate::{BufferConfig, RetryConfig};
 
 /// How long, in tokio time, [`run_until`] waits for its condition.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -114,9 +115,13 @@ impl Buffer for MemBuffer {
     async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
         Ok(self.map.lock().expect("lock").iter().map(|(k, r)| (BufferKey(k.clone()), r.clone())).collect())
     }
-    fn can_fetch(&self) -> bool {
-        true
+    fn read_back(&self) -> Option<&dyn dp_core::ReadBack> {
+        Some(self)
     }
+}
+
+#[async_trait]
+impl dp_core::ReadBack for MemBuffer {
     async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
         let map = self.map.lock().expect("lock");
         Ok(keys.iter().map(|k| map.get(&k.0).cloned()).collect())
@@ -244,10 +249,12 @@ fn pipeline(
         Box::new(source.clone()),
         Arc::clone(buffer) as Arc<dyn Buffer>,
         Arc::clone(sink) as Arc<dyn Sink>,
-        BufferConfig { max_rows, flush_interval: interval, ..BufferConfig::default() },
-        retry(),
-        Duration::from_secs(5),
+        PipelineOptions::new()
+            .buffer(BufferConfig { max_rows, flush_interval: interval, ..BufferConfig::default() })
+            .retry(retry())
+            .shutdown_timeout(Duration::from_secs(5)),
     )
+    .expect("valid options")
 }
 
 /// A run that ended because [`run_until`] asked it to.
@@ -368,10 +375,12 @@ async fn a_failing_source_holds_up_neither_the_interval_nor_the_batch_in_flight(
         Box::new(source),
         Arc::clone(&buffer) as Arc<dyn Buffer>,
         Arc::clone(&sink) as Arc<dyn Sink>,
-        BufferConfig { max_rows: 1000, flush_interval: INTERVAL, ..BufferConfig::default() },
-        retry(),
-        Duration::from_secs(5),
-    );
+        PipelineOptions::new()
+            .buffer(BufferConfig { max_rows: 1000, flush_interval: INTERVAL, ..BufferConfig::default() })
+            .retry(retry())
+            .shutdown_timeout(Duration::from_secs(5)),
+    )
+    .expect("valid options");
     let stopped = run_until(p, "the partial batch written", |s| s.batches >= 1).await.expect("runs");
     let written = &sink.written()[0];
     assert!(written.mark.seq < stopped.requested.seq, "written by the interval, before shutdown");
@@ -576,15 +585,17 @@ fn spilling_pipeline(source: &VecSource, buffer: &Arc<MemBuffer>, sink: &Arc<Mem
         Box::new(source.clone()),
         Arc::clone(buffer) as Arc<dyn Buffer>,
         Arc::clone(sink) as Arc<dyn Sink>,
-        BufferConfig {
-            max_rows: 10,
-            flush_interval: Duration::from_secs(3600),
-            max_buffered_rows: Some(100),
-            ..BufferConfig::default()
-        },
-        retry(),
-        Duration::from_secs(5),
+        PipelineOptions::new()
+            .buffer(BufferConfig {
+                max_rows: 10,
+                flush_interval: Duration::from_secs(3600),
+                max_buffered_rows: Some(100),
+                ..BufferConfig::default()
+            })
+            .retry(retry())
+            .shutdown_timeout(Duration::from_secs(5)),
     )
+    .expect("valid options")
 }
 
 #[tokio::test(start_paused = true)]
@@ -765,16 +776,15 @@ proptest! {
             Box::new(source),
             Arc::new(MemBuffer::default()),
             Arc::clone(&sink) as Arc<dyn Sink>,
-            BufferConfig {
+            PipelineOptions::new().buffer(BufferConfig {
                 max_rows,
                 flush_interval: Duration::from_millis(interval_ms),
                 // Two batches: no spilling, memory is all there is.
                 max_buffered_rows: Some(2 * max_rows),
                 ..BufferConfig::default()
-            },
-            retry(),
-            Duration::from_secs(5),
-        );
+            }).retry(retry()).shutdown_timeout(Duration::from_secs(5)),
+        )
+        .expect("valid options");
         let peak_memory = Arc::new(AtomicU64::new(0));
         let peak = Arc::clone(&peak_memory);
         let ran = paused_runtime().block_on(run_until(p, "every record written", move |s| {

@@ -3,17 +3,18 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use dp_source_kafka::KafkaHealth;
+use dp_core::Health;
 
 use crate::PipelineStats;
 
-/// Reads a running pipeline's state: ready while it consumes, MySQL and Redis answer (and
-/// MySQL takes the statements: a statement or schema fault is not ready either) and Kafka is
-/// reachable. Cheap to clone and to check.
+/// Reads a running pipeline's state: ready while it consumes, the sink and the buffer answer
+/// (and the sink takes the statements: a statement or schema fault is not ready either), and
+/// each part's own [`Health`] probe reports no problem (the Kafka source's: a broker is
+/// reachable, no partition paused). Cheap to clone and to check.
 #[derive(Clone)]
 pub struct Readiness {
     pub(crate) stats: Arc<PipelineStats>,
-    pub(crate) kafka: Option<KafkaHealth>,
+    pub(crate) parts: Vec<Arc<dyn Health>>,
 }
 
 impl Readiness {
@@ -38,13 +39,8 @@ impl Readiness {
         if self.stats.buffer_down.load(Relaxed) == 1 {
             not_ready.push("redis: unreachable; messages are held in memory only".to_owned());
         }
-        if let Some(kafka) = &self.kafka {
-            if !kafka.brokers_reachable() {
-                not_ready.push("kafka: no broker connection is up".to_owned());
-            }
-            if kafka.paused() {
-                not_ready.push("kafka: partitions paused, the pipeline is not taking records".to_owned());
-            }
+        for part in &self.parts {
+            not_ready.extend(part.problems());
         }
         if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
     }

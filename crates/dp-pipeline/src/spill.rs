@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use dp_core::{Accumulator, BufferKey};
 
-use crate::config::BufferConfig;
+use crate::options::BufferConfig;
 
 /// A batch held in the buffer only: the keys of its records, in arrival order.
 #[derive(Debug)]

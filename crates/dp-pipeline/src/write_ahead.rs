@@ -161,6 +161,12 @@ mod tests {
             self.appended.lock().expect("lock").extend(records.iter().map(|r| r.offset));
             Ok(records.iter().map(|r| BufferKey(r.offset.to_string())).collect())
         }
+        async fn remove(&self, _: &[BufferKey]) -> Result<(), BufferError> {
+            Ok(())
+        }
+        async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+            Ok(Vec::new())
+        }
         async fn healthcheck(&self) -> Result<(), BufferError> {
             if self.up.load(Ordering::Relaxed) { Ok(()) } else { Err(BufferError::transient("down")) }
         }

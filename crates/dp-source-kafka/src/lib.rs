@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{OffsetTracker, Record, Source, SourceError, Watermarks};
+use dp_core::{Health, OffsetTracker, Record, Source, SourceError, Watermarks};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
@@ -157,6 +157,19 @@ impl KafkaHealth {
     /// True while the partitions are paused because the pipeline takes no records.
     pub fn paused(&self) -> bool {
         self.0.paused.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Health for KafkaHealth {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.brokers_reachable() {
+            problems.push("kafka: no broker connection is up".to_owned());
+        }
+        if self.paused() {
+            problems.push("kafka: partitions paused, the pipeline is not taking records".to_owned());
+        }
+        problems
     }
 }
 
@@ -413,5 +426,9 @@ impl Source for KafkaSource {
             Ok(Err(_)) => Err(SourceError::permanent("the kafka consumer thread panicked")),
             Err(e) => Err(SourceError::permanent("cannot wait for the kafka consumer thread").with_source(e)),
         }
+    }
+
+    fn health(&self) -> Option<Arc<dyn Health>> {
+        Some(Arc::new(KafkaSource::health(self)))
     }
 }

@@ -14,12 +14,12 @@
 //!   keeps answering — from a table that now holds everything this instance consumed; then the
 //!   API, gracefully (no new connections, requests in progress finish).
 //! - **One failure domain.** If the pipeline stops on its own (it only does so on an error it
-//!   cannot retry, see [`dp_pipeline::PipelineError`]), the API is stopped gracefully and
+//!   cannot retry, see [`dp_assembly::PipelineError`]), the API is stopped gracefully and
 //!   [`serve`] returns that error: the process exits and its supervisor restarts it, rather than
 //!   serving a table that silently stopped filling up. Nothing is lost either way: what the
 //!   pipeline held is still in Redis and uncommitted in Kafka.
 //! - **Its state, exposed.** `GET /pipeline` returns the pipeline's live counters
-//!   ([`dp_pipeline::StatsSnapshot`]), its readiness ([`dp_pipeline::Readiness`]) and where it is
+//!   ([`dp_assembly::StatsSnapshot`]), its readiness ([`dp_assembly::Readiness`]) and where it is
 //!   in its life (`starting`, `running`, `draining`, `stopped`).
 //!
 //! The service's own route, `GET /deliveries/{tracking_id}[?limit=n]`, returns the latest
@@ -41,9 +41,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dp_pipeline::mysql_async::prelude::Queryable;
-use dp_pipeline::mysql_async::{self, Pool, PoolConstraints, PoolOpts};
-use dp_pipeline::{
+use dp_assembly::mysql_async::prelude::Queryable;
+use dp_assembly::mysql_async::{self, Pool, PoolConstraints, PoolOpts};
+use dp_assembly::{
     Config, MysqlSinkConfig, PipelineBuilder, PipelineStats, Readiness, RunSummary, StatsSnapshot,
 };
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ pub async fn serve(
 /// What ended the running phase of [`serve`].
 enum First {
     Shutdown,
-    Pipeline(Result<Result<RunSummary, dp_pipeline::PipelineError>, tokio::task::JoinError>),
+    Pipeline(Result<Result<RunSummary, dp_assembly::PipelineError>, tokio::task::JoinError>),
     Http(Result<std::io::Result<()>, tokio::task::JoinError>),
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use dp_assembly::Config;
 use dp_core::SecretUrl;
-use dp_pipeline::Config;
 use tracing_subscriber::EnvFilter;
 
 /// A deliveries API that also consumes the delivery-events topic into the table it serves.
@@ -66,8 +66,6 @@ impl Args {
         config.mysql.table = self.table.clone();
         config.redis.url = SecretUrl::new(self.redis_url.as_str());
         config.buffer.flush_interval = Duration::from_millis(self.flush_interval_ms);
-        // The service serves its own HTTP; `[http]` is the delivery-pipeline binary's endpoint.
-        config.http.enabled = false;
         config
     }
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use delivery_pipeline::events::synthetic_event;
 use delivery_pipeline::produce::{ensure_topic, producer};
+use dp_assembly::Config;
+use dp_assembly::mysql_async::prelude::Queryable;
 use dp_core::SecretUrl;
-use dp_pipeline::Config;
-use dp_pipeline::mysql_async::prelude::Queryable;
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,7 +124,6 @@ async fn the_api_serves_what_the_embedded_pipeline_stores_and_one_shutdown_stops
     config.redis.key_prefix = format!("itaxum{id}");
     config.buffer.flush_interval = Duration::from_secs(1);
     config.shutdown_timeout = Duration::from_secs(20);
-    config.http.enabled = false;
 
     // The service's pool: the test keeps a clone, as the service's `main` does.
     let pool = example_axum_service::mysql_pool(&config.mysql, POOL_CONNECTIONS).expect("pool");

@@ -51,10 +51,10 @@
 //! use example_postgres_sink::PostgresSink;
 //!
 //! let sink = PostgresSink::connect("postgres://postgres@127.0.0.1:5432/test", "delivery_events").await?;
-//! let mut config = dp_pipeline::Config::default();
+//! let mut config = dp_assembly::Config::default();
 //! config.instance_id = "postgres-sink-0".into();
 //! config.kafka.topics = vec!["delivery-events".into()];
-//! let pipeline = dp_pipeline::PipelineBuilder::new(config).sink(Arc::new(sink)).build().await?;
+//! let pipeline = dp_assembly::PipelineBuilder::new(config).sink(Arc::new(sink)).build().await?;
 //! let summary = pipeline.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! println!("{} rows inserted", summary.stats.inserted);
 //! # Ok(()) }

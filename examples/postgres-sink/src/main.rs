@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use dp_pipeline::{Config, PipelineBuilder};
+use dp_assembly::{Config, PipelineBuilder};
 use example_postgres_sink::PostgresSink;
 
 /// Consume Kafka topics into a PostgreSQL table through the delivery pipeline.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{KAFKA, PG_URL, REDIS_URL, drop_tables, pg, require, scalar, unique};
 use delivery_pipeline::produce::{ProduceOptions, ensure_topic, produce, producer};
-use dp_pipeline::{Config, PipelineBuilder};
+use dp_assembly::{Config, PipelineBuilder};
 use example_postgres_sink::PostgresSink;
 use futures::TryStreamExt as _;
 

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use delivery_pipeline::produce::{ProduceOptions, ensure_topic, produce, producer};
-use dp_pipeline::Config;
+use dp_assembly::Config;
 use fred::prelude::*;
 use mysql_async::prelude::Queryable;
 
