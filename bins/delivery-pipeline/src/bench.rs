@@ -223,16 +223,10 @@ fn records(
             let p = i64::from(partitions.max(1));
             let mut r =
                 Record::new(Arc::clone(topic), (seq as i64 % p) as i32, seq as i64 / p, Some(event.payload));
-            r.timestamp_ms = Some(now_ms());
+            r.timestamp_ms = Some(dp_core::unix_millis());
             r
         })
         .collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn raw_ceiling(config: &Config, table: &str, topic: &str, opts: BenchOptions) -> anyhow::Result<f64> {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use dp_buffer_redis::RedisBufferConfig;
-use dp_pipeline::{BufferConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig};
+use dp_pipeline::{BatchingConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig};
 use dp_sink_mysql::MysqlSinkConfig;
 use dp_source_kafka::KafkaSourceConfig;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub struct Config {
     /// The MySQL sink.
     pub mysql: MysqlSinkConfig,
     /// Batching.
-    pub buffer: BufferConfig,
+    pub buffer: BatchingConfig,
     /// Where messages that cannot become rows go.
     pub dead_letter: DeadLetterConfig,
     /// Retrying a batch the sink could not write.
@@ -55,7 +55,7 @@ impl Default for Config {
             kafka: KafkaSourceConfig::default(),
             redis: RedisBufferConfig::default(),
             mysql: MysqlSinkConfig::default(),
-            buffer: BufferConfig::default(),
+            buffer: BatchingConfig::default(),
             dead_letter: DeadLetterConfig::default(),
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),

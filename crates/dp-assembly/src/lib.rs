@@ -23,7 +23,7 @@ use dp_core::{Buffer, Sink, Source, Watermarks};
 pub use config::{Config, DeadLetterConfig};
 /// The runtime, re-exported: a pipeline built here is a [`dp_pipeline::Pipeline`].
 pub use dp_pipeline::{
-    self, BufferConfig, CommitPolicy, InvalidSetting, Pipeline, PipelineError, PipelineOptions,
+    self, BatchingConfig, CommitPolicy, InvalidSetting, Pipeline, PipelineError, PipelineOptions,
     PipelineStats, Readiness, RetryConfig, RunSummary, StatsSnapshot,
 };
 

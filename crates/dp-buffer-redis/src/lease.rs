@@ -41,10 +41,6 @@ pub(crate) fn being_adopted() -> BufferError {
     )
 }
 
-pub(crate) fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl RedisBuffer {
     pub(crate) async fn renew_lease(&self) -> Result<(), fred::error::Error> {
         let sent = Instant::now();
@@ -54,7 +50,7 @@ impl RedisBuffer {
         let claimed: i64 = if self.clustered {
             let claimed: i64 = self
                 .client
-                .eval(RENEW_LEASE_SCRIPT, vec![lease, claim], vec![now_millis().to_string(), ttl])
+                .eval(RENEW_LEASE_SCRIPT, vec![lease, claim], vec![dp_core::unix_millis().to_string(), ttl])
                 .await?;
             // Registered once the lease exists: a registered id without a lease has expired.
             self.client.sadd::<(), _, _>(self.registry_key(), self.instance_id.as_str()).await?;
@@ -64,7 +60,7 @@ impl RedisBuffer {
                 .eval(
                     RENEW_SCRIPT,
                     vec![self.registry_key(), lease, claim],
-                    vec![self.instance_id.clone(), now_millis().to_string(), ttl],
+                    vec![self.instance_id.clone(), dp_core::unix_millis().to_string(), ttl],
                 )
                 .await?
         };

@@ -33,7 +33,7 @@ pub use codec::{
 };
 pub use error::{BufferError, ErrorKind, SinkError, SourceError};
 pub use offsets::OffsetTracker;
-pub use record::{Coordinates, Header, Record};
+pub use record::{Coordinates, Header, Record, unix_millis};
 pub use secret::{Secret, SecretUrl, is_secret_name, read_secret_file, redact_url};
 pub use settings::string_or_list;
 pub use tls::{TlsConfig, TlsFiles, TlsVerify, explain_tls_error};

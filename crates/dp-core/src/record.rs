@@ -4,6 +4,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// Milliseconds since the Unix epoch now, as Kafka timestamps count them (0 before 1970, the
+/// largest `i64` past its range).
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A record header: a name and an optional value of arbitrary bytes.
 ///
 /// Kafka header values are bytes, not text, so they are kept as bytes; a value that is not

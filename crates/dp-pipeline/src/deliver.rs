@@ -76,10 +76,7 @@ impl Deliverer {
         PipelineStats::add(&self.stats.duplicates, m::DUPLICATES, outcome.duplicates);
         PipelineStats::bump(&self.stats.dead_lettered, outcome.dead_lettered);
         PipelineStats::bump(&self.stats.batches, 1);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        m::delivered(&batch.records, trigger, started.elapsed().as_secs_f64(), now_ms);
+        m::delivered(&batch.records, trigger, started.elapsed().as_secs_f64(), dp_core::unix_millis());
         self.remove_keys(&batch.keys).await;
         Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
     }
@@ -99,8 +96,7 @@ impl Deliverer {
             match read_back.fetch(&keys).await {
                 Ok(fetched) => break fetched,
                 Err(e) if e.is_transient() => {
-                    let delay =
-                        schedule.next().unwrap_or(self.retry.max_backoff).mul_f64(rand::random::<f64>());
+                    let delay = self.next_delay(&mut schedule);
                     tracing::warn!(records = keys.len(), delay_ms = delay.as_millis() as u64, error = %e, "reading spilled records back failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -115,6 +111,12 @@ impl Deliverer {
             return Err(PipelineError::BufferLost { missing, total });
         }
         self.deliver(Batch { records, keys }, FlushTrigger::Spilled).await
+    }
+
+    /// The next delay of `schedule` with full jitter: uniform between zero and the exponential
+    /// cap (the cap stays at `retry.max_backoff` once reached).
+    fn next_delay(&self, schedule: &mut backon::ExponentialBackoff) -> Duration {
+        schedule.next().unwrap_or(self.retry.max_backoff).mul_f64(rand::random::<f64>())
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
@@ -270,8 +272,7 @@ impl Deliverer {
                 None => "connection".to_owned(),
             };
             metrics::counter!(m::RETRIES, "code" => code.clone()).increment(1);
-            let cap = schedule.next().unwrap_or(self.retry.max_backoff);
-            let delay = cap.mul_f64(rand::random::<f64>());
+            let delay = self.next_delay(&mut schedule);
             PipelineStats::bump(&self.stats.retries, 1);
             let delay_ms = delay.as_millis() as u64;
             if statement {

@@ -18,7 +18,7 @@ use dp_core::{
 use proptest::prelude::*;
 
 use super::*;
-use crate::{BufferConfig, RetryConfig};
+use crate::{BatchingConfig, RetryConfig};
 
 /// How long, in tokio time, [`run_until`] waits for its condition.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -250,7 +250,7 @@ fn pipeline(
         Arc::clone(buffer) as Arc<dyn Buffer>,
         Arc::clone(sink) as Arc<dyn Sink>,
         PipelineOptions::new()
-            .buffer(BufferConfig { max_rows, flush_interval: interval, ..BufferConfig::default() })
+            .buffer(BatchingConfig { max_rows, flush_interval: interval, ..BatchingConfig::default() })
             .retry(retry())
             .shutdown_timeout(Duration::from_secs(5)),
     )
@@ -376,7 +376,7 @@ async fn a_failing_source_holds_up_neither_the_interval_nor_the_batch_in_flight(
         Arc::clone(&buffer) as Arc<dyn Buffer>,
         Arc::clone(&sink) as Arc<dyn Sink>,
         PipelineOptions::new()
-            .buffer(BufferConfig { max_rows: 1000, flush_interval: INTERVAL, ..BufferConfig::default() })
+            .buffer(BatchingConfig { max_rows: 1000, flush_interval: INTERVAL, ..BatchingConfig::default() })
             .retry(retry())
             .shutdown_timeout(Duration::from_secs(5)),
     )
@@ -586,11 +586,11 @@ fn spilling_pipeline(source: &VecSource, buffer: &Arc<MemBuffer>, sink: &Arc<Mem
         Arc::clone(buffer) as Arc<dyn Buffer>,
         Arc::clone(sink) as Arc<dyn Sink>,
         PipelineOptions::new()
-            .buffer(BufferConfig {
+            .buffer(BatchingConfig {
                 max_rows: 10,
                 flush_interval: Duration::from_secs(3600),
                 max_buffered_rows: Some(100),
-                ..BufferConfig::default()
+                ..BatchingConfig::default()
             })
             .retry(retry())
             .shutdown_timeout(Duration::from_secs(5)),
@@ -776,12 +776,12 @@ proptest! {
             Box::new(source),
             Arc::new(MemBuffer::default()),
             Arc::clone(&sink) as Arc<dyn Sink>,
-            PipelineOptions::new().buffer(BufferConfig {
+            PipelineOptions::new().buffer(BatchingConfig {
                 max_rows,
                 flush_interval: Duration::from_millis(interval_ms),
                 // Two batches: no spilling, memory is all there is.
                 max_buffered_rows: Some(2 * max_rows),
-                ..BufferConfig::default()
+                ..BatchingConfig::default()
             }).retry(retry()).shutdown_timeout(Duration::from_secs(5)),
         )
         .expect("valid options");

@@ -78,7 +78,7 @@ mod write_ahead;
 pub use flush_loop::{Pipeline, PipelineError, RunSummary};
 pub use memory_buffer::MemoryBuffer;
 pub use options::{
-    BufferConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig, validate_shutdown_timeout,
+    BatchingConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig, validate_shutdown_timeout,
 };
 pub use readiness::Readiness;
 pub use stats::{PipelineStats, StatsSnapshot};

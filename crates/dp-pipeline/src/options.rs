@@ -42,7 +42,7 @@ impl InvalidSetting {
 #[non_exhaustive]
 pub struct PipelineOptions {
     /// When batches are flushed, and how much is held while the sink fails.
-    pub buffer: BufferConfig,
+    pub buffer: BatchingConfig,
     /// Retrying a batch the sink could not write.
     pub retry: RetryConfig,
     /// How long the drain at shutdown may take; what is left stays in the buffer for the next
@@ -55,7 +55,7 @@ pub struct PipelineOptions {
 impl Default for PipelineOptions {
     fn default() -> Self {
         Self {
-            buffer: BufferConfig::default(),
+            buffer: BatchingConfig::default(),
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),
             commit_policy: CommitPolicy::default(),
@@ -72,7 +72,7 @@ impl PipelineOptions {
 
     /// Sets the batching settings.
     #[must_use]
-    pub fn buffer(mut self, buffer: BufferConfig) -> Self {
+    pub fn buffer(mut self, buffer: BatchingConfig) -> Self {
         self.buffer = buffer;
         self
     }
@@ -131,10 +131,12 @@ pub enum CommitPolicy {
     AfterBuffer,
 }
 
-/// When batches are flushed (`[buffer]`, `DP_BUFFER__*`).
+/// Batching: when a batch is flushed, how large it may be, and how much the instance holds
+/// while the sink fails (`[buffer]` in the binary's settings, `DP_BUFFER__*`: the design's
+/// in-memory buffer).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BufferConfig {
+pub struct BatchingConfig {
     /// Flush when this many records are buffered; also the largest batch. The instance holds at
     /// most this many records being collected plus one batch being written.
     pub max_rows: usize,
@@ -145,13 +147,13 @@ pub struct BufferConfig {
     /// write-ahead buffer together. Beyond the two batches memory holds, full batches are kept
     /// in the buffer only (*spilled*) and read back once the sink recovers; at this limit the
     /// Kafka partitions are paused. `2 × max_rows` turns spilling off. Unset: the larger of
-    /// 100,000 and `2 × max_rows` ([`BufferConfig::max_buffered_rows`]).
+    /// 100,000 and `2 × max_rows` ([`BatchingConfig::max_buffered_rows`]).
     pub max_buffered_rows: Option<usize>,
     /// The same limit in payload bytes (`"256 MiB"`, or a number of bytes).
     pub max_buffered_bytes: ByteSize,
 }
 
-impl Default for BufferConfig {
+impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
             max_rows: 1000,
@@ -162,7 +164,7 @@ impl Default for BufferConfig {
     }
 }
 
-impl BufferConfig {
+impl BatchingConfig {
     /// The limit on records held while the sink fails: `max_buffered_rows` when set, else the
     /// larger of 100,000 and `2 × max_rows`.
     pub fn max_buffered_rows(&self) -> usize {
@@ -198,7 +200,7 @@ impl Default for RetryConfig {
     }
 }
 
-impl BufferConfig {
+impl BatchingConfig {
     /// Checks the batching settings (`buffer.*`).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let bad = |key: &str, message: String| Err(InvalidSetting::new(format!("buffer.{key}"), message));

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use dp_core::{Accumulator, BufferKey};
 
-use crate::options::BufferConfig;
+use crate::options::BatchingConfig;
 
 /// A batch held in the buffer only: the keys of its records, in arrival order.
 #[derive(Debug)]
@@ -46,7 +46,7 @@ pub(crate) struct Spill {
 
 impl Spill {
     /// No spilling at all when the buffer cannot read records back.
-    pub(crate) fn new(config: &BufferConfig, can_fetch: bool) -> Self {
+    pub(crate) fn new(config: &BatchingConfig, can_fetch: bool) -> Self {
         Self {
             enabled: can_fetch && config.max_buffered_rows() > 2 * config.max_rows,
             batch_rows: config.max_rows,
@@ -130,8 +130,8 @@ mod tests {
 
     use super::*;
 
-    fn config(batch: usize, max: usize) -> BufferConfig {
-        BufferConfig {
+    fn config(batch: usize, max: usize) -> BatchingConfig {
+        BatchingConfig {
             max_rows: batch,
             flush_interval: Duration::from_secs(30),
             max_buffered_rows: Some(max),

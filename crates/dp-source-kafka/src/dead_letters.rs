@@ -18,7 +18,7 @@
 //! commits the batch, so an entry is published at least once (a crash before the commit repeats
 //! it; the coordinates headers identify repeats).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use dp_core::{DeadLetter, DeadLetterPublisher, SinkError};
@@ -107,12 +107,6 @@ pub fn dead_letter_topic(template: &str, source_topic: &str) -> String {
     template.replace("{topic}", source_topic)
 }
 
-fn millis_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The headers of a dead letter's message: the original ones, then ours.
 fn headers(entry: &DeadLetter, failed_at: i64) -> OwnedHeaders {
     let r = &entry.record;
@@ -151,7 +145,7 @@ impl DeadLetterPublisher for KafkaDeadLetters {
         if entries.is_empty() {
             return Ok(());
         }
-        let failed_at = millis_now();
+        let failed_at = dp_core::unix_millis();
         let topics: Vec<String> = entries.iter().map(|e| self.topic_for(&e.record.topic)).collect();
         let sends = entries.iter().zip(&topics).map(|(entry, topic)| {
             let r = &entry.record;

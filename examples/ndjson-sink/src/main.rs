@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use dp_core::{Record, Source, SourceError};
-use dp_pipeline::{BufferConfig, MemoryBuffer, Pipeline, PipelineOptions};
+use dp_pipeline::{BatchingConfig, MemoryBuffer, Pipeline, PipelineOptions};
 use example_ndjson_sink::NdjsonSink;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio::sync::oneshot;
@@ -68,10 +68,10 @@ async fn main() -> anyhow::Result<()> {
         pending: Vec::new(),
         ended: Some(ended),
     };
-    let options = PipelineOptions::new().buffer(BufferConfig {
+    let options = PipelineOptions::new().buffer(BatchingConfig {
         max_rows: 500,
         flush_interval: Duration::from_secs(1),
-        ..BufferConfig::default()
+        ..BatchingConfig::default()
     });
     // Standard input cannot be read twice, so a write-ahead copy would restore nothing after
     // a crash: the in-memory buffer is enough.
