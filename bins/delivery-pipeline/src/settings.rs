@@ -344,20 +344,6 @@ mod tests {
         assert!(text.contains("mysql://app:***@db:3306/x"), "{text}");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
-}
-
-#[cfg(test)]
-mod binary_sections {
-    use std::io::Write;
-
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        v.push(("DP_INSTANCE_ID".into(), "test-0".into()));
-        v
-    }
 
     #[test]
     fn log_and_http_are_the_binarys_and_unknown_top_level_keys_are_refused() {
