@@ -231,11 +231,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Run => {
             let metrics = http::install_metrics()?;
             let pipeline = dp_assembly::build(&config).await?;
+            // The endpoint stops (its task is aborted) when `run` returns.
             let _http = if settings.http.enabled {
                 let (address, task) =
                     http::serve(&settings.http.address, pipeline.readiness(), metrics).await?;
                 tracing::info!(%address, "http endpoint listening (/livez, /readyz, /metrics)");
-                Some(AbortOnDrop(task))
+                Some(tokio_util::task::AbortOnDropHandle::new(task))
             } else {
                 None
             };
@@ -331,15 +332,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-    }
-}
-
-/// Stops the HTTP endpoint when `run` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

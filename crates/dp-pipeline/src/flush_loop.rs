@@ -26,7 +26,7 @@ use crate::deliver::{Delivered, Deliverer};
 use crate::metrics as m;
 use crate::options::{CommitPolicy, InvalidSetting, PipelineOptions};
 use crate::readiness::Readiness;
-use crate::recovery::{AbortOnDrop, leases, restore};
+use crate::recovery::{leases, restore};
 use crate::spill::{Spill, Spilled};
 use crate::stats::{PipelineStats, StatsSnapshot};
 use crate::write_ahead::WriteAhead;
@@ -160,7 +160,7 @@ impl Pipeline {
         let PipelineOptions { buffer: buffer_config, shutdown_timeout, commit_policy, .. } = options;
         let stats = Arc::clone(&deliverer.stats);
         // The lease must stay alive through a long restore, or another instance adopts us.
-        let background = AbortOnDrop(leases(&deliverer, buffer_config.max_rows));
+        let background = leases(&deliverer, buffer_config.max_rows);
         restore(&deliverer, buffer_config.max_rows).await?;
         PipelineStats::set(&stats.consuming, m::CONSUMING, 1);
         let mut write_ahead = WriteAhead::new(

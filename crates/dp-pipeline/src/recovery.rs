@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use dp_core::{Batch, BufferKey, FlushTrigger, Orphan, Record};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::deliver::Deliverer;
 use crate::flush_loop::PipelineError;
@@ -44,19 +44,9 @@ async fn deliver_held(
     Ok(())
 }
 
-/// Aborts its tasks when dropped, so no background task outlives `run`, on any path.
-pub(crate) struct AbortOnDrop(pub(crate) Vec<JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
 /// Starts the lease heartbeat and the adoption of orphaned buffers, for a buffer with leases.
-pub(crate) fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<JoinHandle<()>> {
+/// The tasks are aborted when the handles are dropped, so none outlives `run`, on any path.
+pub(crate) fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<AbortOnDropHandle<()>> {
     let Some(every) = deliverer.buffer.leases().map(|l| l.heartbeat_interval()) else { return Vec::new() };
     let heart = Arc::clone(deliverer);
     let heartbeat = tokio::spawn(async move {
@@ -84,7 +74,7 @@ pub(crate) fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<JoinHan
             }
         }
     });
-    vec![heartbeat, adoption]
+    vec![AbortOnDropHandle::new(heartbeat), AbortOnDropHandle::new(adoption)]
 }
 
 /// Delivers an orphan's records (idempotently: the dead instance may have delivered some) and
