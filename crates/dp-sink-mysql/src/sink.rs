@@ -1,0 +1,487 @@
+//! The sink: connecting (and checking the live tables), mapping records to rows, one
+//! transaction per batch with its multi-row statements, deadlines on every call.
+
+use crate::MappedRow;
+use crate::MysqlSink;
+use crate::Table;
+use crate::Target;
+use crate::config::MysqlSinkConfig;
+use crate::config::TableShape;
+use crate::error::MysqlSinkError;
+use crate::live;
+use crate::mapping;
+use crate::sql;
+use crate::stored::WatermarkMode;
+use crate::watermark::OFFSETS_COLUMNS;
+use crate::watermark::add_stored_ranges;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dp_core::{BatchOutcome, DeadLetter, DeadLetterPublisher, Record, Sink, SinkError};
+use mysql_async::prelude::*;
+use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
+
+use crate::columns::{ColumnMapping, WriteMode};
+use crate::fault::classify;
+use crate::mapping::{DateTimeParts, Mapping};
+
+impl MysqlSink {
+    /// Connects, reads `max_allowed_packet`, and creates the tables when configured to.
+    pub async fn connect(config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
+        let constraints = PoolConstraints::new(0, config.max_connections.max(1)).unwrap_or_default();
+        let opts = config.opts()?.tcp_nodelay(true).stmt_cache_size(64).pool_opts(
+            PoolOpts::default()
+                .with_constraints(constraints)
+                // Keep idle connections, and their prepared statements, between batches:
+                // by default the pool closes every connection it gets back (one TCP and
+                // login handshake plus four statement preparations per batch, the 1000-row
+                // INSERT's among them).
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                // A reset would drop the prepared statements too. Nothing here leaves
+                // session state behind; an unfinished transaction is rolled back by the pool.
+                .with_reset_connection(false),
+        );
+        let mut sink = Self::with_pool(Pool::new(opts), config).await?;
+        sink.owns_pool = true;
+        sink.session_each_call = None;
+        Ok(sink)
+    }
+
+    /// Uses a pool the caller already has (a service sharing its own pool with the pipeline)
+    /// instead of opening one from `config.url`; every other setting of `config` applies.
+    /// The pool stays the caller's: closing the sink leaves it connected.
+    pub async fn with_pool(pool: Pool, config: &MysqlSinkConfig) -> Result<Self, MysqlSinkError> {
+        let url = config.url.redacted();
+        let connect_err = |message: String| {
+            let hint = dp_core::explain_tls_error(&message, "mysql.tls")
+                .unwrap_or_else(|| "is MySQL running there, and does it accept this user?".to_owned());
+            MysqlSinkError::Connect { url: url.clone(), message, hint }
+        };
+        let mut conn = tokio::time::timeout(config.connect_timeout, pool.get_conn())
+            .await
+            .map_err(|_| connect_err(format!("no answer within {:?}", config.connect_timeout)))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let max_packet: Option<u64> =
+            conn.query_first("SELECT @@max_allowed_packet").await.map_err(|e| connect_err(e.to_string()))?;
+        let version: Option<String> =
+            conn.query_first("SELECT VERSION()").await.map_err(|e| connect_err(e.to_string()))?;
+        let syntax = sql::UpsertSyntax::for_server(version.as_deref().unwrap_or_default());
+        let specs = config.tables().map_err(MysqlSinkError::Config)?;
+        let dlq = config.dead_letter_table();
+        if config.create_table {
+            let ddl = config.ddl().map_err(MysqlSinkError::Config)?;
+            for (stmt, table) in ddl
+                .iter()
+                .zip(specs.iter().map(|t| t.table.clone()).chain([dlq.clone(), config.offsets_table.clone()]))
+            {
+                conn.query_drop(stmt)
+                    .await
+                    .map_err(|e| MysqlSinkError::Table { table, message: e.to_string() })?;
+            }
+        }
+        let mut tables = Vec::with_capacity(specs.len());
+        let mut routes = HashMap::new();
+        for spec in specs {
+            match &spec.shape {
+                TableShape::Builtin => check_columns(&mut conn, &spec.table, sql::ROW_COLUMNS).await?,
+                TableShape::Columns(m) => live::check(&mut conn, &spec, m).await?,
+            }
+            if let Some(topic) = &spec.topic {
+                routes.insert(topic.clone(), tables.len());
+            }
+            tables.push(Table { name: Arc::from(spec.table.as_str()), shape: spec.shape });
+        }
+        check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
+        if config.create_table {
+            add_stored_ranges(&mut conn, &config.offsets_table).await?;
+        }
+        check_columns(&mut conn, &config.offsets_table, OFFSETS_COLUMNS).await?;
+        drop(conn);
+        // Leave room for the statement text and protocol framing.
+        let max_statement_bytes = (max_packet.unwrap_or(4 << 20) as usize / 2).max(64 * 1024);
+        Ok(Self {
+            pool,
+            owns_pool: false,
+            tables: tables.into(),
+            routes: Arc::new(routes),
+            syntax,
+            dead_letter_table: Arc::from(dlq.as_str()),
+            offsets_table: Arc::from(config.offsets_table.as_str()),
+            consumer_group: None,
+            watermark_mode: WatermarkMode::Prefix,
+            dead_letter_rows: true,
+            publisher: None,
+            mapping: Arc::new(Mapping {
+                event_id_field: config.event_id_field.clone(),
+                max_payload_bytes: config.max_payload_bytes,
+            }),
+            max_statement_bytes,
+            statements: Arc::default(),
+            connect_timeout: config.connect_timeout,
+            query_timeout: config.query_timeout,
+            session_each_call: Some(Arc::from(config.session_sql())),
+            suspect: Arc::default(),
+            max_connections: config.max_connections,
+        })
+    }
+
+    /// Keeps an offset watermark for `group`: each batch raises, in its own transaction, the
+    /// group's next offset of every partition it covers, and skips records below it. A replay
+    /// of records already stored — after a lost Kafka commit, a restore, a rebalance overlap —
+    /// then inserts nothing, even into a table without a unique key.
+    pub fn with_consumer_group(mut self, group: &str) -> Self {
+        self.consumer_group = Some(Arc::from(group));
+        self
+    }
+
+    /// How batches advance the watermark ([`WatermarkMode::Prefix`] unless set): under
+    /// `commit_policy = "after_buffer"` a partition's newer records may be stored before older
+    /// ones still held in another instance's Redis buffer, so only the offsets stored are
+    /// recorded ([`WatermarkMode::Ranges`]); see [`stored`].
+    pub fn with_watermark_mode(mut self, mode: WatermarkMode) -> Self {
+        self.watermark_mode = mode;
+        self
+    }
+
+    /// Publishes dead letters to `publisher` (a Kafka topic, say) before each transaction that
+    /// holds them commits; with `keep_table` false they are no longer written to the
+    /// dead-letter table. A failed publish fails the batch transiently (it is retried).
+    pub fn with_dead_letter_publisher(
+        mut self,
+        publisher: Arc<dyn DeadLetterPublisher>,
+        keep_table: bool,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self.dead_letter_rows = keep_table;
+        self
+    }
+
+    /// The connection pool, for callers that share it.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The default table rows are written to (`mysql.table`).
+    pub fn table(&self) -> &str {
+        &self.tables[0].name
+    }
+
+    /// Every table rows are written to: the default table, then the routed ones.
+    pub fn tables(&self) -> Vec<&str> {
+        self.tables.iter().map(|t| &*t.name).collect()
+    }
+
+    /// The dead-letter table.
+    pub fn dead_letter_table(&self) -> &str {
+        &self.dead_letter_table
+    }
+
+    pub(crate) fn statement(&self, target: Target, rows: usize) -> Arc<str> {
+        let mut cache = match self.statements.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(cache.entry((target, rows)).or_insert_with(|| {
+            Arc::from(match target {
+                Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, self.syntax, rows),
+                Target::Table(i) => {
+                    let t = &self.tables[i];
+                    match &t.shape {
+                        TableShape::Builtin => sql::insert_rows(&t.name, rows),
+                        TableShape::Columns(m) => sql::write_rows(&t.name, m, self.syntax, rows),
+                    }
+                }
+            })
+        }))
+    }
+
+    /// Writes `rows` to table `index`; returns what the server did with them.
+    pub(crate) async fn write_rows(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        index: usize,
+        rows: &[(&Record, MappedRow<'_>)],
+    ) -> Result<BatchOutcome, SinkError> {
+        let table = &self.tables[index];
+        let columns = match &table.shape {
+            TableShape::Builtin => sql::ROW_COLUMNS.len(),
+            TableShape::Columns(m) => m.columns.len(),
+        };
+        let upsert = matches!(&table.shape, TableShape::Columns(m) if m.mode == WriteMode::Upsert);
+        let plan = sql::plan_statements(
+            rows.iter().map(|(_, r)| r.bytes()),
+            columns,
+            usize::MAX,
+            self.max_statement_bytes,
+        );
+        let mut outcome = BatchOutcome::default();
+        for range in plan {
+            let chunk = &rows[range];
+            let mut params = Vec::with_capacity(chunk.len() * columns);
+            for (rec, row) in chunk {
+                match row {
+                    MappedRow::Builtin(row) => {
+                        params.push(Value::from(row.event_id.as_ref()));
+                        params.push(row.tracking_id.as_deref().map_or(Value::NULL, Value::from));
+                        params.push(row.status.as_deref().map_or(Value::NULL, Value::from));
+                        params.push(date_value(row.event_time));
+                        params.push(Value::from(row.payload));
+                        params.push(Value::from(&*rec.topic));
+                        params.push(Value::from(rec.partition));
+                        params.push(Value::from(rec.offset));
+                        params.push(date_value(rec.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
+                    }
+                    MappedRow::Values(v) => params.extend(v.iter().cloned()),
+                }
+            }
+            let stmt = self.statement(Target::Table(index), chunk.len());
+            tx.exec_drop(&*stmt, params)
+                .await
+                .map_err(|e| classify(&format!("insert into `{}` failed", table.name), e))?;
+            let affected = tx.affected_rows() as usize;
+            let o = if upsert {
+                sql::upsert_outcome(chunk.len(), affected, &tx.info())
+            } else {
+                BatchOutcome {
+                    inserted: affected,
+                    duplicates: chunk.len().saturating_sub(affected),
+                    ..BatchOutcome::default()
+                }
+            };
+            outcome += o;
+        }
+        Ok(outcome)
+    }
+
+    /// The table `record` goes to, and its row there (or why it has none).
+    pub(crate) fn map<'r>(
+        &self,
+        record: &'r Record,
+        now: time::OffsetDateTime,
+    ) -> (usize, Result<MappedRow<'r>, mapping::Rejection>) {
+        let index =
+            if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) };
+        let row = match &self.tables[index].shape {
+            TableShape::Builtin => self.mapping.map(record).map(MappedRow::Builtin),
+            TableShape::Columns(m) => m.map(record, now).map(MappedRow::Values),
+        };
+        (index, row)
+    }
+
+    /// A connection for one call, within `connect_timeout`, with the session settings applied.
+    /// After a deadline was missed, connections the pool kept from before must answer a ping
+    /// within a second, or are closed and passed over.
+    pub(crate) async fn begin(&self) -> Result<mysql_async::Conn, SinkError> {
+        let mut conn = self.connection().await?;
+        let mut passed_over = 0;
+        while self.suspect.load(std::sync::atomic::Ordering::Acquire) && passed_over <= self.max_connections {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), conn.ping()).await {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+            passed_over += 1;
+            conn = self.connection().await?;
+        }
+        if let Some(session) = &self.session_each_call {
+            match tokio::time::timeout(self.query_timeout, conn.query_drop(&**session)).await {
+                Ok(set) => {
+                    set.map_err(|e| classify("cannot set the mysql session (time zone, timeouts)", e))?
+                }
+                Err(_) => return Err(self.abandon(conn, "setting the session").await),
+            }
+        }
+        Ok(conn)
+    }
+
+    pub(crate) async fn connection(&self) -> Result<mysql_async::Conn, SinkError> {
+        match tokio::time::timeout(self.connect_timeout, self.pool.get_conn()).await {
+            Ok(conn) => conn.map_err(|e| classify("cannot get a mysql connection", e)),
+            Err(_) => {
+                metrics::counter!("dp_mysql_timeouts_total", "call" => "connect").increment(1);
+                Err(SinkError::transient(format!(
+                    "cannot get a mysql connection: no answer within mysql.connect_timeout ({:?})",
+                    self.connect_timeout
+                )))
+            }
+        }
+    }
+
+    /// After a call on `conn` outlived `query_timeout`: closes the connection without waiting
+    /// for the server, so it never goes back to the pool (it may be silent: no data, no FIN),
+    /// and returns the transient error that makes the caller retry on a new one. A transaction
+    /// left open on it is rolled back by the server when it notices (`wait_timeout`), or when
+    /// the close reaches it.
+    pub(crate) async fn abandon(&self, conn: mysql_async::Conn, what: &str) -> SinkError {
+        metrics::counter!("dp_mysql_timeouts_total", "call" => "query").increment(1);
+        self.suspect.store(true, std::sync::atomic::Ordering::Release);
+        // `disconnect` marks the connection disconnected before any I/O, so even if sending
+        // COM_QUIT blocks and is cut short here, the pool discards it instead of reusing it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+        SinkError::transient(format!(
+            "mysql did not answer within mysql.query_timeout ({:?}) while {what}; the connection was closed",
+            self.query_timeout
+        ))
+    }
+
+    /// One batch's transaction on `conn`: skip what is stored, write rows and dead letters,
+    /// record the offsets, commit. [`Sink::write_batch`] bounds it by `query_timeout`.
+    pub(crate) async fn write_in<'r>(
+        &self,
+        conn: &mut mysql_async::Conn,
+        records: &'r [Record],
+        mapped: Vec<(usize, Result<MappedRow<'r>, mapping::Rejection>)>,
+    ) -> Result<BatchOutcome, SinkError> {
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| classify("cannot start a transaction", e))?;
+        let (keep, marks) = self.fresh_records(&mut tx, records).await?;
+        let mut per_table: Vec<Vec<(&Record, MappedRow<'_>)>> =
+            (0..self.tables.len()).map(|_| Vec::new()).collect();
+        let mut rejected = Vec::new();
+        for ((r, (table, m)), keep) in records.iter().zip(mapped).zip(keep) {
+            if !keep {
+                continue;
+            }
+            match m {
+                Ok(row) => per_table[table].push((r, row)),
+                Err(rej) => rejected.push(DeadLetter {
+                    record: r.clone(),
+                    error_class: rej.class.to_owned(),
+                    code: None,
+                    sqlstate: None,
+                    reason: rej.reason,
+                }),
+            }
+        }
+        let mut outcome = BatchOutcome::default();
+        for (index, rows) in per_table.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = match &self.tables[index].shape {
+                TableShape::Columns(m) if m.mode == WriteMode::Upsert => winners(m, rows),
+                _ => rows,
+            };
+            outcome += self.write_rows(&mut tx, index, &rows).await?;
+        }
+        self.store_dead_letters(&mut tx, &rejected).await?;
+        self.advance_watermarks(&mut tx, records, marks).await?;
+        tx.commit().await.map_err(|e| classify("commit failed", e))?;
+        for d in &rejected {
+            metrics::counter!("dp_dead_lettered_total", "class" => d.error_class.clone()).increment(1);
+        }
+        outcome.dead_lettered = rejected.len();
+        // Records below the watermark, second copies, and upserts that lost within the batch.
+        outcome.duplicates =
+            records.len().saturating_sub(outcome.inserted + outcome.updated + outcome.dead_lettered);
+        Ok(outcome)
+    }
+}
+
+/// Keeps, of the rows sharing a key, the one an upsert would leave in the table
+/// ([`ColumnMapping::winners`]), so one statement never updates a row twice.
+pub(crate) fn winners<'a, 'r>(
+    m: &ColumnMapping,
+    rows: Vec<(&'a Record, MappedRow<'r>)>,
+) -> Vec<(&'a Record, MappedRow<'r>)> {
+    let values: Vec<&[Value]> = rows
+        .iter()
+        .map(|(_, row)| match row {
+            MappedRow::Values(v) => v.as_slice(),
+            MappedRow::Builtin(_) => &[],
+        })
+        .collect();
+    let keep = m.winners(&values);
+    rows.into_iter().zip(keep).filter_map(|(row, k)| k.then_some(row)).collect()
+}
+
+pub(crate) fn date_value(t: Option<DateTimeParts>) -> Value {
+    match t {
+        Some(t) => Value::Date(t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros),
+        None => Value::NULL,
+    }
+}
+
+pub(crate) async fn check_columns(
+    conn: &mut mysql_async::Conn,
+    table: &str,
+    required: &[&str],
+) -> Result<(), MysqlSinkError> {
+    let found: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table,),
+        )
+        .await
+        .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    if found.is_empty() {
+        return Err(MysqlSinkError::Table {
+            table: table.to_owned(),
+            message: "table does not exist; run `delivery-pipeline migrate` or set mysql.create_table = true"
+                .into(),
+        });
+    }
+    let missing: Vec<&str> =
+        required.iter().copied().filter(|c| !found.iter().any(|f| f.eq_ignore_ascii_case(c))).collect();
+    if !missing.is_empty() {
+        return Err(MysqlSinkError::Table {
+            table: table.to_owned(),
+            message: format!(
+                "missing columns {missing:?}; see `delivery-pipeline migrate --dry-run` for the expected shape"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for MysqlSink {
+    async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
+        if records.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        // Map outside the transaction, to hold the watermark locks briefly.
+        let now = time::OffsetDateTime::now_utc();
+        let mapped: Vec<(usize, Result<MappedRow<'_>, mapping::Rejection>)> =
+            records.iter().map(|r| self.map(r, now)).collect();
+        let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, self.write_in(&mut conn, records, mapped)).await {
+            Ok(outcome) => {
+                if outcome.is_ok() {
+                    self.suspect.store(false, std::sync::atomic::Ordering::Release);
+                }
+                outcome
+            }
+            Err(_) => Err(self.abandon(conn, "writing a batch").await),
+        }
+    }
+
+    async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, self.dead_letter_in(&mut conn, entries)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(self.abandon(conn, "writing dead letters").await),
+        }
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        let mut conn = self.begin().await?;
+        match tokio::time::timeout(self.query_timeout, conn.ping()).await {
+            Ok(pong) => pong.map_err(|e| classify("mysql ping failed", e)),
+            Err(_) => Err(self.abandon(conn, "answering a ping").await),
+        }
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        if !self.owns_pool {
+            return Ok(());
+        }
+        self.pool.clone().disconnect().await.map_err(|e| classify("closing the mysql pool failed", e))
+    }
+}

@@ -1,0 +1,188 @@
+//! The offset watermark: per partition, the next offset not yet stored, kept in the same
+//! transaction as the rows (`pipeline_offsets`), read on assignment, locked and raised by every
+//! batch; under `after_buffer` the exact stored ranges above it.
+
+use crate::MysqlSink;
+use crate::error::MysqlSinkError;
+use crate::sql;
+use crate::stored;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use async_trait::async_trait;
+use dp_core::{Record, SinkError, Watermarks};
+use mysql_async::Value;
+use mysql_async::prelude::*;
+
+use crate::fault::classify;
+use crate::stored::Stored;
+
+/// The locked stored offsets of a batch's partitions, by topic and partition.
+pub(crate) type Marks = HashMap<String, HashMap<i32, Stored>>;
+
+/// A row of the offsets table: topic, partition, watermark, ranges above it.
+pub(crate) type OffsetsRow = (String, i32, i64, Option<String>);
+
+/// The columns an offsets table must have.
+pub(crate) const OFFSETS_COLUMNS: &[&str] =
+    &["consumer_group", "topic", "kafka_partition", "next_offset", "stored_ranges"];
+
+pub(crate) fn collect_marks(found: Vec<OffsetsRow>, table: &str) -> Result<Marks, SinkError> {
+    let mut marks: Marks = HashMap::new();
+    for (t, p, next, ranges) in found {
+        // Retried, never dead-lettered: the batch is fine, the row is not (fix it by hand).
+        let stored = Stored::parse(next, ranges.as_deref()).map_err(|e| {
+            SinkError::transient(format!("`{table}`.stored_ranges of {t}/{p} is not readable: {e}"))
+        })?;
+        marks.entry(t).or_default().insert(p, stored);
+    }
+    Ok(marks)
+}
+
+/// Adds `stored_ranges` to an offsets table made by a release without it.
+pub(crate) async fn add_stored_ranges(
+    conn: &mut mysql_async::Conn,
+    table: &str,
+) -> Result<(), MysqlSinkError> {
+    let has: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'stored_ranges'",
+            (table,),
+        )
+        .await
+        .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    if has.unwrap_or(0) == 0 {
+        tracing::info!(table, "adding column stored_ranges to the offsets table");
+        conn.query_drop(sql::add_stored_ranges_column(table))
+            .await
+            .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+    }
+    Ok(())
+}
+
+impl MysqlSink {
+    /// The watermarks of `partitions` for the configured group (next offset to consume);
+    /// partitions without one are absent.
+    pub async fn watermarks(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(String, i32, i64)>, SinkError> {
+        let Some(group) = &self.consumer_group else { return Ok(Vec::new()) };
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.begin().await?;
+        let mut params: Vec<Value> = vec![Value::from(&**group)];
+        for (t, p) in partitions {
+            params.push(Value::from(t.as_str()));
+            params.push(Value::from(*p));
+        }
+        let read = conn.exec(sql::read_offsets(&self.offsets_table, partitions.len()), params);
+        match tokio::time::timeout(self.query_timeout, read).await {
+            Ok(marks) => marks.map_err(|e| classify("cannot read offset watermarks", e)),
+            Err(_) => Err(self.abandon(conn, "reading offset watermarks").await),
+        }
+    }
+
+    /// Which of `records` to write: not already stored (below its partition's watermark, or in
+    /// a stored range), and not a second copy of an offset earlier in the same batch (a
+    /// partition re-read after an eager rebalance can put both copies in one batch). Also
+    /// returns the locked stored offsets, for [`advance_watermarks`](Self::advance_watermarks).
+    pub(crate) async fn fresh_records(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: &[Record],
+    ) -> Result<(Vec<bool>, Marks), SinkError> {
+        let marks = self.lock_watermarks(tx, records).await?;
+        let mut seen: HashSet<(&str, i32, i64)> = HashSet::with_capacity(records.len());
+        let keep = records
+            .iter()
+            .map(|r| {
+                let stored = marks
+                    .get(&*r.topic)
+                    .and_then(|ps| ps.get(&r.partition))
+                    .is_some_and(|s| s.contains(r.offset));
+                !stored && seen.insert((&*r.topic, r.partition, r.offset))
+            })
+            .collect();
+        Ok((keep, marks))
+    }
+
+    /// Locks and reads the stored offsets of the partitions in `records`, for the transaction.
+    pub(crate) async fn lock_watermarks(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: &[Record],
+    ) -> Result<Marks, SinkError> {
+        let Some(group) = &self.consumer_group else { return Ok(HashMap::new()) };
+        let partitions: BTreeSet<(&str, i32)> = records.iter().map(|r| (&*r.topic, r.partition)).collect();
+        let mut params: Vec<Value> = Vec::with_capacity(1 + partitions.len() * 2);
+        params.push(Value::from(&**group));
+        for (t, p) in &partitions {
+            params.push(Value::from(*t));
+            params.push(Value::from(*p));
+        }
+        let lock = sql::lock_offsets(&self.offsets_table, partitions.len());
+        let found: Vec<OffsetsRow> =
+            tx.exec(&lock, params.clone()).await.map_err(|e| classify("cannot lock offset watermarks", e))?;
+        if found.len() < partitions.len() {
+            // A partition seen for the first time has no row, and `FOR UPDATE` on a missing row
+            // locks nothing under READ COMMITTED (two writers could both pass): seed the missing
+            // rows, then lock again. Once seeded, a batch takes this one statement.
+            let mut seed: Vec<Value> = Vec::with_capacity(partitions.len() * 3);
+            for (t, p) in &partitions {
+                seed.extend([Value::from(&**group), Value::from(*t), Value::from(*p)]);
+            }
+            tx.exec_drop(sql::seed_offsets(&self.offsets_table, partitions.len()), seed)
+                .await
+                .map_err(|e| classify("cannot seed offset watermarks", e))?;
+            let relocked: Vec<OffsetsRow> =
+                tx.exec(&lock, params).await.map_err(|e| classify("cannot lock offset watermarks", e))?;
+            return collect_marks(relocked, &self.offsets_table);
+        }
+        collect_marks(found, &self.offsets_table)
+    }
+
+    /// Records what `records` cover as stored, in the rows `marks` locked: under
+    /// [`WatermarkMode::Prefix`] each partition's watermark rises to one past its highest
+    /// offset in `records`; under [`WatermarkMode::Ranges`] exactly what they cover is added.
+    /// Never lowers a watermark.
+    pub(crate) async fn advance_watermarks<'r>(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        records: impl IntoIterator<Item = &'r Record>,
+        mut marks: Marks,
+    ) -> Result<(), SinkError> {
+        let Some(group) = &self.consumer_group else { return Ok(()) };
+        let covered = stored::coverage(records, self.watermark_mode);
+        if covered.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<Value> = Vec::with_capacity(covered.len() * 5);
+        for ((t, p), ranges) in &covered {
+            let Some(state) = marks.get_mut(*t).and_then(|ps| ps.get_mut(p)) else {
+                return Err(SinkError::transient(format!(
+                    "offset watermark row of {t}/{p} was not locked by this transaction"
+                )));
+            };
+            stored::apply(state, ranges, self.watermark_mode);
+            params.extend([
+                Value::from(&**group),
+                Value::from(*t),
+                Value::from(*p),
+                Value::from(state.next),
+                state.ranges_text().map_or(Value::NULL, Value::from),
+            ]);
+        }
+        tx.exec_drop(sql::advance_offsets(&self.offsets_table, self.syntax, covered.len()), params)
+            .await
+            .map_err(|e| classify("cannot advance offset watermarks", e))
+    }
+}
+
+#[async_trait]
+impl Watermarks for MysqlSink {
+    async fn next_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<(String, i32, i64)>, SinkError> {
+        self.watermarks(partitions).await
+    }
+}
