@@ -1,4 +1,4 @@
-//! The MySQL/MariaDB [`Sink`]: idempotent multi-row inserts, one transaction per batch, and a
+//! The MySQL/MariaDB [`Sink`](dp_core::Sink): idempotent multi-row inserts, one transaction per batch, and a
 //! dead-letter table for records that cannot be stored.
 //!
 //! A batch is mapped row by row ([`mapping`]); records that cannot become a row (not JSON, a
