@@ -1,6 +1,6 @@
 //! The MySQL sink's errors at startup.
 
-/// Errors of the MySQL sink outside the [`Sink`] calls.
+/// Errors of the MySQL sink outside the [`Sink`](dp_core::Sink) calls.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MysqlSinkError {
