@@ -139,7 +139,7 @@ impl MysqlSink {
     /// How batches advance the watermark ([`WatermarkMode::Prefix`] unless set): under
     /// `commit_policy = "after_buffer"` a partition's newer records may be stored before older
     /// ones still held in another instance's Redis buffer, so only the offsets stored are
-    /// recorded ([`WatermarkMode::Ranges`]); see [`stored`].
+    /// recorded ([`WatermarkMode::Ranges`]); see [`stored`](crate::stored).
     pub fn with_watermark_mode(mut self, mode: WatermarkMode) -> Self {
         self.watermark_mode = mode;
         self
