@@ -5,9 +5,8 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dp_benches::sample_record;
 use dp_core::{decode_record, encode_record_into, encode_record_zstd};
-use dp_sink_mysql::columns::{ColumnConfig, ColumnMapping, WriteConfig};
-use dp_sink_mysql::mapping::Mapping;
-use dp_sink_mysql::sql;
+use dp_sink_mysql::mapping::{ColumnConfig, ColumnMapping, WriteConfig};
+use dp_sink_mysql::sql::{self, Ident};
 
 fn codec(c: &mut Criterion) {
     let record = sample_record(42);
@@ -32,10 +31,14 @@ fn codec(c: &mut Criterion) {
 
 fn mapping(c: &mut Criterion) {
     let record = sample_record(42);
-    let m = Mapping { event_id_field: "event_id".into(), max_payload_bytes: 4 << 20 };
+    let now = time::OffsetDateTime::now_utc();
+    let builtin = ColumnMapping::builtin("event_id", 4 << 20).expect("the built-in preset");
     let mut g = c.benchmark_group("mapping");
     g.throughput(Throughput::Bytes(record.payload.as_ref().map_or(0, Vec::len) as u64));
-    g.bench_function("json_fields_500B", |b| b.iter(|| m.map(black_box(&record)).map(|r| r.event_id.len())));
+    // The built-in table's row as the statement's parameters: what the sink does per record.
+    g.bench_function("builtin_row_params_500B", |b| {
+        b.iter(|| builtin.map(black_box(&record), now).map(|v| v.len()))
+    });
     // The same columns declared, plus a nested pointer, a decimal, a header and the Kafka
     // coordinates: what `[[mysql.columns]]` costs per record.
     let columns: Vec<ColumnConfig> = serde_json::from_str(
@@ -55,7 +58,6 @@ fn mapping(c: &mut Criterion) {
     .expect("columns");
     let write = WriteConfig { key: vec!["event_id".into()], ..WriteConfig::default() };
     let declared = ColumnMapping::compile("mysql", &columns, &write, 4 << 20).expect("mapping");
-    let now = time::OffsetDateTime::now_utc();
     g.bench_function("declared_columns_500B", |b| {
         b.iter(|| declared.map(black_box(&record), now).map(|v| v.len()))
     });
@@ -64,19 +66,16 @@ fn mapping(c: &mut Criterion) {
 
 fn statements(c: &mut Criterion) {
     let sizes = vec![600usize; 1000];
+    let builtin = ColumnMapping::builtin("event_id", 4 << 20).expect("the built-in preset");
+    let table = Ident::new("delivery_events").expect("name");
     let mut g = c.benchmark_group("sql");
     g.bench_function("plan_1000_rows", |b| {
         b.iter(|| {
-            sql::plan_statements(
-                black_box(sizes.iter().copied()),
-                sql::ROW_COLUMNS.len(),
-                usize::MAX,
-                8 << 20,
-            )
+            sql::plan_statements(black_box(sizes.iter().copied()), builtin.columns.len(), usize::MAX, 8 << 20)
         })
     });
     g.bench_function("insert_text_1000_rows", |b| {
-        b.iter(|| sql::insert_rows(black_box("delivery_events"), 1000))
+        b.iter(|| builtin.statement(black_box(&table), sql::UpsertSyntax::ValuesFunction, 1000))
     });
     g.finish();
 }

@@ -237,7 +237,7 @@ mod tests {
                     }]
                 }),
             ),
-            ("mysql.write", Box::new(|c| c.mysql.write.mode = dp_sink_mysql::columns::WriteMode::Upsert)),
+            ("mysql.write", Box::new(|c| c.mysql.write.mode = dp_sink_mysql::mapping::WriteMode::Upsert)),
         ];
         for (key, mutate) in cases {
             let mut c = valid();

@@ -10,7 +10,8 @@ use dp_core::{SecretUrl, TlsConfig, TlsVerify};
 use mysql_async::{ClientIdentity, Opts, OptsBuilder, SslOpts};
 use serde::{Deserialize, Serialize};
 
-use crate::columns::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
+use crate::mapping::{ColumnConfig, ColumnMapping, WriteConfig, WriteMode};
+use crate::sql::Ident;
 
 /// Settings of the MySQL sink (`[mysql]` in the config file, `DP_MYSQL__*` in the environment).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,16 +85,7 @@ pub struct RouteConfig {
     pub write: WriteConfig,
 }
 
-/// How one table's rows are made and written, checked.
-#[derive(Debug, Clone)]
-pub enum TableShape {
-    /// The built-in delivery-event columns, inserted idempotently on `event_id`.
-    Builtin,
-    /// Declared columns, with their write mode.
-    Columns(ColumnMapping),
-}
-
-/// One destination table: its name, its shape, and the topic routed to it (`None` for the
+/// One destination table: its name, its mapping, and the topic routed to it (`None` for the
 /// default table, `mysql.table`).
 #[derive(Debug, Clone)]
 pub struct TableSpec {
@@ -102,19 +94,23 @@ pub struct TableSpec {
     /// Routed topic; `None` for the default table.
     pub topic: Option<String>,
     /// The table.
-    pub table: String,
-    /// Its columns and write mode.
-    pub shape: TableShape,
+    pub table: Ident,
+    /// Its columns and write mode: declared, or the built-in preset.
+    pub mapping: ColumnMapping,
 }
 
 impl TableSpec {
     /// `CREATE TABLE IF NOT EXISTS` for this table.
     pub fn create_table(&self) -> String {
-        match &self.shape {
-            TableShape::Builtin => sql::create_table(&self.table),
-            TableShape::Columns(m) => m.create_table(&self.table),
-        }
+        self.mapping.create_table(&self.table)
     }
+}
+
+/// `name` as an identifier, or an error naming the setting `at`.
+fn ident(at: &str, name: &str) -> Result<Ident, String> {
+    Ident::new(name).ok_or_else(|| {
+        format!("{at}: `{name}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)")
+    })
 }
 
 impl Default for MysqlSinkConfig {
@@ -173,19 +169,19 @@ impl MysqlSinkConfig {
                     .into(),
             );
         }
-        if !sql::is_identifier(&self.table) {
+        if Ident::new(&self.table).is_none() {
             return Err(format!(
                 "mysql.table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)",
                 self.table
             ));
         }
-        if !sql::is_identifier(&self.dead_letter_table()) {
+        if Ident::new(&self.dead_letter_table()).is_none() {
             return Err(format!(
                 "mysql.dead_letter_table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_]); set it explicitly",
                 self.dead_letter_table()
             ));
         }
-        if !sql::is_identifier(&self.offsets_table) {
+        if Ident::new(&self.offsets_table).is_none() {
             return Err(format!(
                 "mysql.offsets_table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_])",
                 self.offsets_table
@@ -220,10 +216,12 @@ impl MysqlSinkConfig {
 
     /// The destination tables, default first, with their mappings checked.
     pub fn tables(&self) -> Result<Vec<TableSpec>, String> {
-        let shape = |at: &str, columns: &[ColumnConfig], write: &WriteConfig| -> Result<TableShape, String> {
+        let mapping = |at: &str,
+                       columns: &[ColumnConfig],
+                       write: &WriteConfig|
+         -> Result<ColumnMapping, String> {
             if !columns.is_empty() {
-                return ColumnMapping::compile(at, columns, write, self.max_payload_bytes)
-                    .map(TableShape::Columns);
+                return ColumnMapping::compile(at, columns, write, self.max_payload_bytes);
             }
             if write.mode == WriteMode::Upsert || write.guard.is_some() {
                 return Err(format!(
@@ -235,13 +233,13 @@ impl MysqlSinkConfig {
                     "{at}.write.key: the built-in table's key is [\"event_id\"]; declare {at}.columns to choose another"
                 ));
             }
-            Ok(TableShape::Builtin)
+            ColumnMapping::builtin(&self.event_id_field, self.max_payload_bytes)
         };
         let mut out = vec![TableSpec {
             at: "mysql".into(),
             topic: None,
-            table: self.table.clone(),
-            shape: shape("mysql", &self.columns, &self.write)?,
+            table: ident("mysql.table", &self.table)?,
+            mapping: mapping("mysql", &self.columns, &self.write)?,
         }];
         let reserved = [self.dead_letter_table(), self.offsets_table.clone()];
         if reserved.iter().any(|r| r.eq_ignore_ascii_case(&self.table)) {
@@ -255,16 +253,11 @@ impl MysqlSinkConfig {
             if self.routes[..i].iter().any(|o| o.topic == r.topic) {
                 return Err(format!("{at}.topic: `{}` is routed twice", r.topic));
             }
-            if !sql::is_identifier(&r.table) {
-                return Err(format!(
-                    "{at}.table: `{}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)",
-                    r.table
-                ));
-            }
+            let table = ident(&format!("{at}.table"), &r.table)?;
             if reserved.iter().any(|t| t.eq_ignore_ascii_case(&r.table)) {
                 return Err(format!("{at}.table: `{}` is the dead-letter or offsets table", r.table));
             }
-            if out.iter().any(|t| t.table.eq_ignore_ascii_case(&r.table)) {
+            if out.iter().any(|t| t.table.as_str().eq_ignore_ascii_case(&r.table)) {
                 return Err(format!(
                     "{at}.table: `{}` is already the table of another route or the default table; give each its own",
                     r.table
@@ -273,8 +266,8 @@ impl MysqlSinkConfig {
             out.push(TableSpec {
                 at: at.clone(),
                 topic: Some(r.topic.clone()),
-                table: r.table.clone(),
-                shape: shape(&at, &r.columns, &r.write)?,
+                table,
+                mapping: mapping(&at, &r.columns, &r.write)?,
             });
         }
         Ok(out)
@@ -283,8 +276,11 @@ impl MysqlSinkConfig {
     /// The statements `migrate` runs (`migrate --dry-run` prints them).
     pub fn ddl(&self) -> Result<Vec<String>, String> {
         let mut out: Vec<String> = self.tables()?.iter().map(TableSpec::create_table).collect();
-        out.push(sql::create_dead_letter_table(&self.dead_letter_table()));
-        out.push(sql::create_offsets_table(&self.offsets_table));
+        out.push(sql::create_dead_letter_table(&ident(
+            "mysql.dead_letter_table",
+            &self.dead_letter_table(),
+        )?));
+        out.push(sql::create_offsets_table(&ident("mysql.offsets_table", &self.offsets_table)?));
         Ok(out)
     }
 

@@ -73,7 +73,7 @@ impl MysqlSink {
             let stmt = self.statement(Target::DeadLetters, range.len());
             tx.exec_drop(&*stmt, params)
                 .await
-                .map_err(|e| classify(&format!("insert into `{}` failed", self.dead_letter_table), e))?;
+                .map_err(|e| classify(&format!("insert into {} failed", self.dead_letter_table), e))?;
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! The MySQL/MariaDB [`Sink`](dp_core::Sink): idempotent multi-row inserts, one transaction per batch, and a
 //! dead-letter table for records that cannot be stored.
 //!
-//! A batch is mapped row by row ([`mapping`]); records that cannot become a row (not JSON, a
-//! field too long, …) are written to the dead-letter table *in the same transaction* as the
-//! rows, so a batch is delivered all or nothing. Rows go in prepared multi-row
-//! `INSERT … ON DUPLICATE KEY UPDATE event_id = event_id` statements, split to stay under the
-//! 65,535-placeholder limit and a share of `max_allowed_packet` ([`sql::plan_statements`]).
+//! A batch is mapped row by row ([`mapping`]: one table model, whose built-in delivery-event
+//! table is a preset of declared columns); records that cannot become a row (not JSON, a field
+//! too long, …) are written to the dead-letter table *in the same transaction* as the rows, so
+//! a batch is delivered all or nothing. Rows go in prepared multi-row
+//! `INSERT … ON DUPLICATE KEY UPDATE` statements (a no-op update of the key, or an upsert),
+//! split to stay under the 65,535-placeholder limit and a share of `max_allowed_packet`
+//! ([`sql::plan_statements`]). The live tables are checked at startup ([`schema`]).
 //!
 //! Errors are classified ([`classify`], [`fault`]): data errors the server pins on a row (known
 //! codes, and SQLSTATE classes 22 and 23) are permanent; statement and schema faults, the same
@@ -14,13 +16,12 @@
 //! everything else — lost connections, deadlocks, lock waits, too many connections, read-only
 //! fail-overs — is transient and retried.
 
-pub mod columns;
 mod config;
 mod dead_letter;
 mod error;
 pub mod fault;
-mod live;
 pub mod mapping;
+pub mod schema;
 mod sink;
 pub mod sql;
 pub mod stored;
@@ -34,10 +35,11 @@ use dp_core::DeadLetterPublisher;
 pub use mysql_async;
 use mysql_async::{Pool, Value};
 
-pub use crate::config::{MysqlSinkConfig, RouteConfig, TableShape, TableSpec};
+pub use crate::config::{MysqlSinkConfig, RouteConfig, TableSpec};
 pub use crate::error::MysqlSinkError;
 pub use crate::fault::{Fault, classify, fault_of};
-use crate::mapping::{Mapping, Row};
+use crate::mapping::ColumnMapping;
+use crate::sql::Ident;
 pub use crate::stored::WatermarkMode;
 
 /// Statement text by (destination, rows).
@@ -54,33 +56,20 @@ enum Target {
 
 /// A destination table, ready to write.
 struct Table {
-    name: Arc<str>,
-    shape: TableShape,
+    name: Ident,
+    mapping: ColumnMapping,
 }
 
-/// One record made into a row of its table.
-enum MappedRow<'a> {
-    /// The built-in columns, borrowing from the record.
-    Builtin(Row<'a>),
-    /// Declared columns, one value each.
-    Values(Vec<Value>),
-}
-
-impl MappedRow<'_> {
-    /// A generous estimate of the row's size in a statement.
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Builtin(r) => r.payload.len() + 256,
-            Self::Values(v) => v.iter().map(value_bytes).sum::<usize>() + 64,
-        }
-    }
-}
-
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::Bytes(b) => b.len() * 2 + 8,
-        _ => 24,
-    }
+/// A generous estimate of a row's size in a statement.
+fn row_bytes(values: &[Value]) -> usize {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Bytes(b) => b.len() * 2 + 8,
+            _ => 24,
+        })
+        .sum::<usize>()
+        + 64
 }
 
 /// The MySQL sink. Cheap to clone; clones share one pool.
@@ -95,15 +84,14 @@ pub struct MysqlSink {
     routes: Arc<HashMap<String, usize>>,
     /// How an upsert refers to the incoming values on this server.
     syntax: sql::UpsertSyntax,
-    dead_letter_table: Arc<str>,
-    offsets_table: Arc<str>,
+    dead_letter_table: Ident,
+    offsets_table: Ident,
     consumer_group: Option<Arc<str>>,
     watermark_mode: WatermarkMode,
     /// Write dead letters to the dead-letter table.
     dead_letter_rows: bool,
     /// Also (or instead) publish them here, before the transaction commits.
     publisher: Option<Arc<dyn DeadLetterPublisher>>,
-    mapping: Arc<Mapping>,
     max_statement_bytes: usize,
     statements: Arc<Mutex<StatementCache>>,
     /// Deadline of getting a connection.

@@ -1,16 +1,15 @@
 //! The sink: connecting (and checking the live tables), mapping records to rows, one
 //! transaction per batch with its multi-row statements, deadlines on every call.
 
-use crate::MappedRow;
 use crate::MysqlSink;
 use crate::Table;
 use crate::Target;
 use crate::config::MysqlSinkConfig;
-use crate::config::TableShape;
 use crate::error::MysqlSinkError;
-use crate::live;
-use crate::mapping;
-use crate::sql;
+use crate::mapping::Rejection;
+use crate::row_bytes;
+use crate::schema;
+use crate::sql::{self, Ident};
 use crate::stored::WatermarkMode;
 use crate::watermark::OFFSETS_COLUMNS;
 use crate::watermark::add_stored_ranges;
@@ -23,9 +22,12 @@ use dp_core::{BatchOutcome, DeadLetter, DeadLetterPublisher, Record, Sink, SinkE
 use mysql_async::prelude::*;
 use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 
-use crate::columns::{ColumnMapping, WriteMode};
 use crate::fault::classify;
-use crate::mapping::{DateTimeParts, Mapping};
+use crate::mapping::{ColumnMapping, DateTimeParts, WriteMode};
+
+/// A record's table (its position in `MysqlSink::tables`) and its row's values there, or why
+/// it has none.
+pub(crate) type Mapped = (usize, Result<Vec<Value>, Rejection>);
 
 impl MysqlSink {
     /// Connects, reads `max_allowed_packet`, and creates the tables when configured to.
@@ -72,10 +74,12 @@ impl MysqlSink {
         let dlq = config.dead_letter_table();
         if config.create_table {
             let ddl = config.ddl().map_err(MysqlSinkError::Config)?;
-            for (stmt, table) in ddl
-                .iter()
-                .zip(specs.iter().map(|t| t.table.clone()).chain([dlq.clone(), config.offsets_table.clone()]))
-            {
+            for (stmt, table) in ddl.iter().zip(
+                specs
+                    .iter()
+                    .map(|t| t.table.as_str().to_owned())
+                    .chain([dlq.clone(), config.offsets_table.clone()]),
+            ) {
                 conn.query_drop(stmt)
                     .await
                     .map_err(|e| MysqlSinkError::Table { table, message: e.to_string() })?;
@@ -84,18 +88,22 @@ impl MysqlSink {
         let mut tables = Vec::with_capacity(specs.len());
         let mut routes = HashMap::new();
         for spec in specs {
-            match &spec.shape {
-                TableShape::Builtin => check_columns(&mut conn, &spec.table, sql::ROW_COLUMNS).await?,
-                TableShape::Columns(m) => live::check(&mut conn, &spec, m).await?,
-            }
+            schema::check(&mut conn, &spec).await?;
             if let Some(topic) = &spec.topic {
                 routes.insert(topic.clone(), tables.len());
             }
-            tables.push(Table { name: Arc::from(spec.table.as_str()), shape: spec.shape });
+            tables.push(Table { name: spec.table, mapping: spec.mapping });
         }
+        let config_err = |e: String| MysqlSinkError::Config(e);
+        let dead_letter_table = Ident::new(&dlq).ok_or_else(|| {
+            config_err(format!("mysql.dead_letter_table: `{dlq}` is not a plain identifier"))
+        })?;
+        let offsets_table = Ident::new(&config.offsets_table).ok_or_else(|| {
+            config_err(format!("mysql.offsets_table: `{}` is not a plain identifier", config.offsets_table))
+        })?;
         check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
         if config.create_table {
-            add_stored_ranges(&mut conn, &config.offsets_table).await?;
+            add_stored_ranges(&mut conn, &offsets_table).await?;
         }
         check_columns(&mut conn, &config.offsets_table, OFFSETS_COLUMNS).await?;
         drop(conn);
@@ -107,16 +115,12 @@ impl MysqlSink {
             tables: tables.into(),
             routes: Arc::new(routes),
             syntax,
-            dead_letter_table: Arc::from(dlq.as_str()),
-            offsets_table: Arc::from(config.offsets_table.as_str()),
+            dead_letter_table,
+            offsets_table,
             consumer_group: None,
             watermark_mode: WatermarkMode::Prefix,
             dead_letter_rows: true,
             publisher: None,
-            mapping: Arc::new(Mapping {
-                event_id_field: config.event_id_field.clone(),
-                max_payload_bytes: config.max_payload_bytes,
-            }),
             max_statement_bytes,
             statements: Arc::default(),
             connect_timeout: config.connect_timeout,
@@ -165,17 +169,17 @@ impl MysqlSink {
 
     /// The default table rows are written to (`mysql.table`).
     pub fn table(&self) -> &str {
-        &self.tables[0].name
+        self.tables[0].name.as_str()
     }
 
     /// Every table rows are written to: the default table, then the routed ones.
     pub fn tables(&self) -> Vec<&str> {
-        self.tables.iter().map(|t| &*t.name).collect()
+        self.tables.iter().map(|t| t.name.as_str()).collect()
     }
 
     /// The dead-letter table.
     pub fn dead_letter_table(&self) -> &str {
-        &self.dead_letter_table
+        self.dead_letter_table.as_str()
     }
 
     pub(crate) fn statement(&self, target: Target, rows: usize) -> Arc<str> {
@@ -186,67 +190,47 @@ impl MysqlSink {
         Arc::clone(cache.entry((target, rows)).or_insert_with(|| {
             Arc::from(match target {
                 Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, self.syntax, rows),
-                Target::Table(i) => {
-                    let t = &self.tables[i];
-                    match &t.shape {
-                        TableShape::Builtin => sql::insert_rows(&t.name, rows),
-                        TableShape::Columns(m) => sql::write_rows(&t.name, m, self.syntax, rows),
-                    }
-                }
+                Target::Table(i) => self.tables[i].mapping.statement(&self.tables[i].name, self.syntax, rows),
             })
         }))
     }
 
-    /// Writes `rows` to table `index`; returns what the server did with them.
+    /// Writes `rows` (each row's values, moved into the statements' parameters) to table
+    /// `index`; returns what the server did with them.
     pub(crate) async fn write_rows(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
         index: usize,
-        rows: &[(&Record, MappedRow<'_>)],
+        rows: Vec<Vec<Value>>,
     ) -> Result<BatchOutcome, SinkError> {
         let table = &self.tables[index];
-        let columns = match &table.shape {
-            TableShape::Builtin => sql::ROW_COLUMNS.len(),
-            TableShape::Columns(m) => m.columns.len(),
-        };
-        let upsert = matches!(&table.shape, TableShape::Columns(m) if m.mode == WriteMode::Upsert);
+        let columns = table.mapping.columns.len();
+        let upsert = table.mapping.mode == WriteMode::Upsert;
         let plan = sql::plan_statements(
-            rows.iter().map(|(_, r)| r.bytes()),
+            rows.iter().map(|r| row_bytes(r)),
             columns,
             usize::MAX,
             self.max_statement_bytes,
         );
+        let mut rows = rows.into_iter();
         let mut outcome = BatchOutcome::default();
         for range in plan {
-            let chunk = &rows[range];
-            let mut params = Vec::with_capacity(chunk.len() * columns);
-            for (rec, row) in chunk {
-                match row {
-                    MappedRow::Builtin(row) => {
-                        params.push(Value::from(row.event_id.as_ref()));
-                        params.push(row.tracking_id.as_deref().map_or(Value::NULL, Value::from));
-                        params.push(row.status.as_deref().map_or(Value::NULL, Value::from));
-                        params.push(date_value(row.event_time));
-                        params.push(Value::from(row.payload));
-                        params.push(Value::from(&*rec.topic));
-                        params.push(Value::from(rec.partition));
-                        params.push(Value::from(rec.offset));
-                        params.push(date_value(rec.timestamp_ms.and_then(DateTimeParts::from_unix_millis)));
-                    }
-                    MappedRow::Values(v) => params.extend(v.iter().cloned()),
-                }
+            let n = range.len();
+            let mut params = Vec::with_capacity(n * columns);
+            for row in rows.by_ref().take(n) {
+                params.extend(row);
             }
-            let stmt = self.statement(Target::Table(index), chunk.len());
+            let stmt = self.statement(Target::Table(index), n);
             tx.exec_drop(&*stmt, params)
                 .await
-                .map_err(|e| classify(&format!("insert into `{}` failed", table.name), e))?;
+                .map_err(|e| classify(&format!("insert into {} failed", table.name), e))?;
             let affected = tx.affected_rows() as usize;
             let o = if upsert {
-                sql::upsert_outcome(chunk.len(), affected, &tx.info())
+                sql::upsert_outcome(n, affected, &tx.info())
             } else {
                 BatchOutcome {
                     inserted: affected,
-                    duplicates: chunk.len().saturating_sub(affected),
+                    duplicates: n.saturating_sub(affected),
                     ..BatchOutcome::default()
                 }
             };
@@ -256,18 +240,10 @@ impl MysqlSink {
     }
 
     /// The table `record` goes to, and its row there (or why it has none).
-    pub(crate) fn map<'r>(
-        &self,
-        record: &'r Record,
-        now: time::OffsetDateTime,
-    ) -> (usize, Result<MappedRow<'r>, mapping::Rejection>) {
+    pub(crate) fn map(&self, record: &Record, now: time::OffsetDateTime) -> Mapped {
         let index =
             if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) };
-        let row = match &self.tables[index].shape {
-            TableShape::Builtin => self.mapping.map(record).map(MappedRow::Builtin),
-            TableShape::Columns(m) => m.map(record, now).map(MappedRow::Values),
-        };
-        (index, row)
+        (index, self.tables[index].mapping.map(record, now))
     }
 
     /// A connection for one call, within `connect_timeout`, with the session settings applied.
@@ -327,26 +303,25 @@ impl MysqlSink {
 
     /// One batch's transaction on `conn`: skip what is stored, write rows and dead letters,
     /// record the offsets, commit. [`Sink::write_batch`] bounds it by `query_timeout`.
-    pub(crate) async fn write_in<'r>(
+    pub(crate) async fn write_in(
         &self,
         conn: &mut mysql_async::Conn,
-        records: &'r [Record],
-        mapped: Vec<(usize, Result<MappedRow<'r>, mapping::Rejection>)>,
+        records: &[Record],
+        mapped: Vec<Mapped>,
     ) -> Result<BatchOutcome, SinkError> {
         let mut tx = conn
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
         let (keep, marks) = self.fresh_records(&mut tx, records).await?;
-        let mut per_table: Vec<Vec<(&Record, MappedRow<'_>)>> =
-            (0..self.tables.len()).map(|_| Vec::new()).collect();
+        let mut per_table: Vec<Vec<Vec<Value>>> = (0..self.tables.len()).map(|_| Vec::new()).collect();
         let mut rejected = Vec::new();
         for ((r, (table, m)), keep) in records.iter().zip(mapped).zip(keep) {
             if !keep {
                 continue;
             }
             match m {
-                Ok(row) => per_table[table].push((r, row)),
+                Ok(row) => per_table[table].push(row),
                 Err(rej) => rejected.push(DeadLetter {
                     record: r.clone(),
                     error_class: rej.class.to_owned(),
@@ -361,11 +336,9 @@ impl MysqlSink {
             if rows.is_empty() {
                 continue;
             }
-            let rows = match &self.tables[index].shape {
-                TableShape::Columns(m) if m.mode == WriteMode::Upsert => winners(m, rows),
-                _ => rows,
-            };
-            outcome += self.write_rows(&mut tx, index, &rows).await?;
+            let m = &self.tables[index].mapping;
+            let rows = if m.mode == WriteMode::Upsert { winners(m, rows) } else { rows };
+            outcome += self.write_rows(&mut tx, index, rows).await?;
         }
         self.store_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records, marks).await?;
@@ -383,17 +356,8 @@ impl MysqlSink {
 
 /// Keeps, of the rows sharing a key, the one an upsert would leave in the table
 /// ([`ColumnMapping::winners`]), so one statement never updates a row twice.
-pub(crate) fn winners<'a, 'r>(
-    m: &ColumnMapping,
-    rows: Vec<(&'a Record, MappedRow<'r>)>,
-) -> Vec<(&'a Record, MappedRow<'r>)> {
-    let values: Vec<&[Value]> = rows
-        .iter()
-        .map(|(_, row)| match row {
-            MappedRow::Values(v) => v.as_slice(),
-            MappedRow::Builtin(_) => &[],
-        })
-        .collect();
+pub(crate) fn winners(m: &ColumnMapping, rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
+    let values: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
     let keep = m.winners(&values);
     rows.into_iter().zip(keep).filter_map(|(row, k)| k.then_some(row)).collect()
 }
@@ -445,8 +409,7 @@ impl Sink for MysqlSink {
         }
         // Map outside the transaction, to hold the watermark locks briefly.
         let now = time::OffsetDateTime::now_utc();
-        let mapped: Vec<(usize, Result<MappedRow<'_>, mapping::Rejection>)> =
-            records.iter().map(|r| self.map(r, now)).collect();
+        let mapped: Vec<Mapped> = records.iter().map(|r| self.map(r, now)).collect();
         let mut conn = self.begin().await?;
         match tokio::time::timeout(self.query_timeout, self.write_in(&mut conn, records, mapped)).await {
             Ok(outcome) => {

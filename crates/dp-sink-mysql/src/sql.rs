@@ -1,19 +1,9 @@
-//! SQL text: table definitions, multi-row statements, and how a batch is split into them.
+//! SQL text: the fixed tables' definitions, multi-row statements, and how a batch is split
+//! into them. A leaf: it knows identifiers and counts, not mappings or configs.
 
+use std::fmt;
 use std::ops::Range;
-
-/// Columns written per row, in placeholder order.
-pub const ROW_COLUMNS: &[&str] = &[
-    "event_id",
-    "tracking_id",
-    "status",
-    "event_time",
-    "payload",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-    "kafka_timestamp",
-];
+use std::sync::Arc;
 
 /// Columns written per dead-letter entry, in placeholder order.
 pub const DEAD_LETTER_COLUMNS: &[&str] = &[
@@ -33,40 +23,36 @@ pub const DEAD_LETTER_COLUMNS: &[&str] = &[
 /// The most placeholders one prepared statement may have (the protocol's 16-bit count).
 pub const MAX_PLACEHOLDERS: usize = 65_535;
 
-/// Whether `name` is a plain identifier we can quote safely: 1-64 of `[A-Za-z0-9_]`, not
-/// starting with a digit.
-pub fn is_identifier(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
+/// A table or column name that is safe to quote: 1-64 of `[A-Za-z0-9_]`, not starting with a
+/// digit. Displayed back-quoted, as statements use it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(Arc<str>);
+
+impl Ident {
+    /// `name` as an identifier, if it is a plain one.
+    pub fn new(name: &str) -> Option<Self> {
+        let plain = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        plain.then(|| Self(Arc::from(name)))
+    }
+
+    /// The name, unquoted.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for the events table.
-pub fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
-         \x20 `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,\n\
-         \x20 `event_id` VARCHAR(64) NOT NULL,\n\
-         \x20 `tracking_id` VARCHAR(64) NULL,\n\
-         \x20 `status` VARCHAR(32) NULL,\n\
-         \x20 `event_time` DATETIME(3) NULL,\n\
-         \x20 `payload` JSON NOT NULL,\n\
-         \x20 `kafka_topic` VARCHAR(249) NOT NULL,\n\
-         \x20 `kafka_partition` INT NOT NULL,\n\
-         \x20 `kafka_offset` BIGINT NOT NULL,\n\
-         \x20 `kafka_timestamp` DATETIME(3) NULL,\n\
-         \x20 `ingested_at` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),\n\
-         \x20 PRIMARY KEY (`id`),\n\
-         \x20 UNIQUE KEY `uq_event_id` (`event_id`),\n\
-         \x20 KEY `ix_tracking_id` (`tracking_id`, `event_time`)\n\
-         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-    )
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.0)
+    }
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for the dead-letter table.
-pub fn create_dead_letter_table(table: &str) -> String {
+pub fn create_dead_letter_table(table: &Ident) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
+        "CREATE TABLE IF NOT EXISTS {table} (\n\
          \x20 `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,\n\
          \x20 `kafka_topic` VARCHAR(249) NOT NULL,\n\
          \x20 `kafka_partition` INT NOT NULL,\n\
@@ -90,9 +76,9 @@ pub fn create_dead_letter_table(table: &str) -> String {
 
 /// `CREATE TABLE IF NOT EXISTS` for the offset watermark: per consumer group and partition, the
 /// next offset to consume, written in the same transaction as the rows it covers.
-pub fn create_offsets_table(table: &str) -> String {
+pub fn create_offsets_table(table: &Ident) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (\n\
+        "CREATE TABLE IF NOT EXISTS {table} (\n\
          \x20 `consumer_group` VARCHAR(255) NOT NULL,\n\
          \x20 `topic` VARCHAR(249) NOT NULL,\n\
          \x20 `kafka_partition` INT NOT NULL,\n\
@@ -105,9 +91,9 @@ pub fn create_offsets_table(table: &str) -> String {
 }
 
 /// Adds the `stored_ranges` column to an offsets table created before it existed.
-pub fn add_stored_ranges_column(table: &str) -> String {
+pub fn add_stored_ranges_column(table: &Ident) -> String {
     format!(
-        "ALTER TABLE `{table}` ADD COLUMN `stored_ranges` TEXT NULL \
+        "ALTER TABLE {table} ADD COLUMN `stored_ranges` TEXT NULL \
          COMMENT 'ranges above next_offset stored too (commit_policy after_buffer): start-end,... with end exclusive' \
          AFTER `next_offset`"
     )
@@ -115,18 +101,18 @@ pub fn add_stored_ranges_column(table: &str) -> String {
 
 /// Reads (and locks, for the rest of the transaction) the stored offsets of `partitions`
 /// partitions of one consumer group. Parameters: the group, then topic and partition pairs.
-pub fn lock_offsets(table: &str, partitions: usize) -> String {
+pub fn lock_offsets(table: &Ident, partitions: usize) -> String {
     format!(
-        "SELECT `topic`, `kafka_partition`, `next_offset`, `stored_ranges` FROM `{table}` \
+        "SELECT `topic`, `kafka_partition`, `next_offset`, `stored_ranges` FROM {table} \
          WHERE `consumer_group` = ? AND (`topic`, `kafka_partition`) IN ({}) FOR UPDATE",
         vec!["(?,?)"; partitions.max(1)].join(",")
     )
 }
 
 /// Reads the watermarks of one group's partitions without locking.
-pub fn read_offsets(table: &str, partitions: usize) -> String {
+pub fn read_offsets(table: &Ident, partitions: usize) -> String {
     format!(
-        "SELECT `topic`, `kafka_partition`, `next_offset` FROM `{table}` \
+        "SELECT `topic`, `kafka_partition`, `next_offset` FROM {table} \
          WHERE `consumer_group` = ? AND (`topic`, `kafka_partition`) IN ({})",
         vec!["(?,?)"; partitions.max(1)].join(",")
     )
@@ -134,9 +120,9 @@ pub fn read_offsets(table: &str, partitions: usize) -> String {
 
 /// Creates the missing rows of `partitions` partitions (watermark 0, no ranges) and leaves the
 /// existing ones as they are. Parameters: group, topic and partition, per row.
-pub fn seed_offsets(table: &str, partitions: usize) -> String {
+pub fn seed_offsets(table: &Ident, partitions: usize) -> String {
     format!(
-        "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`) VALUES {} \
+        "INSERT INTO {table} (`consumer_group`, `topic`, `kafka_partition`, `next_offset`) VALUES {} \
          ON DUPLICATE KEY UPDATE `next_offset` = `next_offset`",
         vec!["(?,?,?,0)"; partitions.max(1)].join(",")
     )
@@ -145,9 +131,9 @@ pub fn seed_offsets(table: &str, partitions: usize) -> String {
 /// Writes the stored offsets of `partitions` partitions, computed from the rows this
 /// transaction locked; the watermark is never lowered. Parameters: group, topic, partition,
 /// next offset and ranges text, per row.
-pub fn advance_offsets(table: &str, syntax: UpsertSyntax, partitions: usize) -> String {
+pub fn advance_offsets(table: &Ident, syntax: UpsertSyntax, partitions: usize) -> String {
     format!(
-        "INSERT INTO `{table}` (`consumer_group`, `topic`, `kafka_partition`, `next_offset`, `stored_ranges`) \
+        "INSERT INTO {table} (`consumer_group`, `topic`, `kafka_partition`, `next_offset`, `stored_ranges`) \
          VALUES {}{} ON DUPLICATE KEY UPDATE `next_offset` = GREATEST({}, {}), `stored_ranges` = {}",
         values_list(5, partitions),
         syntax.alias(),
@@ -164,19 +150,6 @@ fn values_list(columns: usize, rows: usize) -> String {
 
 fn column_list(columns: &[&str]) -> String {
     columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(",")
-}
-
-/// A multi-row insert of `rows` events that ignores duplicate keys and nothing else.
-///
-/// `INSERT IGNORE` would also turn data errors into warnings and truncate silently; the no-op
-/// `ON DUPLICATE KEY UPDATE` only absorbs a conflicting key. A duplicate counts 0 affected
-/// rows, a new row 1.
-pub fn insert_rows(table: &str, rows: usize) -> String {
-    format!(
-        "INSERT INTO `{table}` ({}) VALUES {} ON DUPLICATE KEY UPDATE `event_id` = `event_id`",
-        column_list(ROW_COLUMNS),
-        values_list(ROW_COLUMNS.len(), rows)
-    )
 }
 
 /// How an upsert's `ON DUPLICATE KEY UPDATE` refers to the incoming row.
@@ -209,10 +182,10 @@ impl UpsertSyntax {
     /// The stored row's value of column `c` of `table`, in `ON DUPLICATE KEY UPDATE`. Next to
     /// the row alias a bare name is ambiguous when the alias has that column too (MySQL:
     /// `Column 'event_time' in field list is ambiguous`), so it is qualified with the table.
-    fn stored(self, table: &str, c: &str) -> String {
+    fn stored(self, table: &Ident, c: &str) -> String {
         match self {
             Self::ValuesFunction => format!("`{c}`"),
-            Self::RowAlias => format!("`{table}`.`{c}`"),
+            Self::RowAlias => format!("{table}.`{c}`"),
         }
     }
 
@@ -227,38 +200,55 @@ impl UpsertSyntax {
     }
 }
 
-/// A multi-row write to a table with declared columns.
+/// What a multi-row write does with a row whose key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict<'a> {
+    /// Leave it as it is: a no-op update of the key column at this position, so only a key
+    /// conflict is absorbed, never a data error (`INSERT IGNORE` would also turn data errors
+    /// into warnings and truncate silently). A duplicate counts 0 affected rows, a new row 1.
+    Keep {
+        /// Position of a key column.
+        key: usize,
+    },
+    /// Give it the incoming values of every column but the key's; with a guard (a position),
+    /// only when the incoming guard is greater than the stored one (or the stored one is NULL).
+    Update {
+        /// Positions of the key columns.
+        key: &'a [usize],
+        /// Position of the guard column.
+        guard: Option<usize>,
+    },
+}
+
+/// A multi-row write of `rows` rows of `columns` to `table`.
 ///
-/// - `insert`: a row whose key exists is left as it is (a no-op update of the first key
-///   column, so only a key conflict is absorbed, never a data error).
-/// - `upsert`: a row whose key exists takes the incoming values of every non-key column. With
-///   a guard, only when the incoming guard is greater than the stored one (or the stored one
-///   is NULL). MySQL applies the assignments left to right, each seeing the ones before, so
-///   the guard column is assigned last: the conditions before it still compare with the
-///   stored value.
+/// MySQL applies an upsert's assignments left to right, each seeing the ones before, so the
+/// guard column is assigned last: the conditions before it still compare with the stored value.
 pub fn write_rows(
-    table: &str,
-    mapping: &crate::columns::ColumnMapping,
+    table: &Ident,
+    columns: &[Ident],
+    on_conflict: OnConflict<'_>,
     syntax: UpsertSyntax,
     rows: usize,
 ) -> String {
-    use crate::columns::WriteMode;
-    let names = mapping.names();
+    let names: Vec<&str> = columns.iter().map(Ident::as_str).collect();
     let mut out =
-        format!("INSERT INTO `{table}` ({}) VALUES {}", column_list(&names), values_list(names.len(), rows));
-    if mapping.mode == WriteMode::Insert {
-        let k = names[mapping.key[0]];
-        out.push_str(&format!(" ON DUPLICATE KEY UPDATE `{k}` = `{k}`"));
-        return out;
-    }
+        format!("INSERT INTO {table} ({}) VALUES {}", column_list(&names), values_list(names.len(), rows));
+    let (key, guard) = match on_conflict {
+        OnConflict::Keep { key } => {
+            let k = &columns[key];
+            out.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}"));
+            return out;
+        }
+        OnConflict::Update { key, guard } => (key, guard),
+    };
     out.push_str(syntax.alias());
     out.push_str(" ON DUPLICATE KEY UPDATE ");
     let incoming = |c: &str| syntax.incoming(c);
     let stored = |c: &str| syntax.stored(table, c);
-    let mut order: Vec<usize> =
-        (0..names.len()).filter(|i| !mapping.key.contains(i) && Some(*i) != mapping.guard).collect();
-    order.extend(mapping.guard);
-    let condition = mapping.guard.map(|g| {
+    let mut order: Vec<usize> = (0..names.len()).filter(|i| !key.contains(i) && Some(*i) != guard).collect();
+    order.extend(guard);
+    let condition = guard.map(|g| {
         let g = names[g];
         format!("({0} IS NULL OR {1} > {0})", stored(g), incoming(g))
     });
@@ -294,13 +284,13 @@ pub fn upsert_outcome(rows: usize, affected: usize, info: &str) -> dp_core::Batc
 
 /// A multi-row insert of dead-letter entries; a repeat of the same coordinates counts another
 /// attempt and keeps the newest reason.
-pub fn insert_dead_letters(table: &str, syntax: UpsertSyntax, rows: usize) -> String {
+pub fn insert_dead_letters(table: &Ident, syntax: UpsertSyntax, rows: usize) -> String {
     let newest: Vec<String> = ["error_class", "mysql_errno", "sqlstate", "reason"]
         .iter()
         .map(|c| format!("`{c}` = {}", syntax.incoming(c)))
         .collect();
     format!(
-        "INSERT INTO `{table}` ({}) VALUES {}{} ON DUPLICATE KEY UPDATE \
+        "INSERT INTO {table} ({}) VALUES {}{} ON DUPLICATE KEY UPDATE \
          `attempts` = {} + 1, `last_failed_at` = CURRENT_TIMESTAMP(3), {}",
         column_list(DEAD_LETTER_COLUMNS),
         values_list(DEAD_LETTER_COLUMNS.len(), rows),
@@ -340,53 +330,43 @@ pub fn plan_statements(
 mod tests {
     use super::*;
 
+    fn id(name: &str) -> Ident {
+        Ident::new(name).expect("a plain identifier")
+    }
+
     #[test]
     fn identifiers_refuse_sql_metacharacters() {
-        assert!(is_identifier("delivery_events"));
-        assert!(is_identifier("_t1"));
+        assert_eq!(id("delivery_events").to_string(), "`delivery_events`");
+        assert_eq!(id("_t1").as_str(), "_t1");
         for bad in ["", "1abc", "a-b", "a`b", "a;drop table x", "a b", "t'", &"x".repeat(65)] {
-            assert!(!is_identifier(bad), "{bad:?}");
+            assert!(Ident::new(bad).is_none(), "{bad:?}");
         }
     }
 
     #[test]
-    fn insert_has_one_placeholder_per_column_per_row() {
-        let sql = insert_rows("t", 3);
-        assert_eq!(sql.matches('?').count(), 3 * ROW_COLUMNS.len());
-        assert!(sql.contains("ON DUPLICATE KEY UPDATE `event_id` = `event_id`"));
-        assert!(!sql.contains("IGNORE"));
+    fn dead_letter_inserts_have_one_placeholder_per_column_per_row() {
         for syntax in [UpsertSyntax::ValuesFunction, UpsertSyntax::RowAlias] {
             assert_eq!(
-                insert_dead_letters("d", syntax, 2).matches('?').count(),
+                insert_dead_letters(&id("d"), syntax, 2).matches('?').count(),
                 2 * DEAD_LETTER_COLUMNS.len()
             );
         }
     }
 
-    fn status_mapping(mode: &str, guard: Option<&str>) -> crate::columns::ColumnMapping {
-        let text = format!(
-            r#"
-            columns = [
-              {{ name = "tracking_id", pointer = "/tracking_id", type = "string", required = true }},
-              {{ name = "status", pointer = "/status", type = "string" }},
-              {{ name = "event_time", pointer = "/event_time", type = "timestamp" }},
-            ]
-            write = {{ mode = "{mode}", key = ["tracking_id"] {} }}
-            "#,
-            guard.map(|g| format!(r#", guard = "{g}""#)).unwrap_or_default()
-        );
-        #[derive(serde::Deserialize)]
-        struct T {
-            columns: Vec<crate::columns::ColumnConfig>,
-            write: crate::columns::WriteConfig,
-        }
-        let t: T = toml::from_str(&text).expect("toml");
-        crate::columns::ColumnMapping::compile("mysql", &t.columns, &t.write, 1 << 20).expect("compiles")
+    /// `tracking_id`, `status`, `event_time` keyed on `tracking_id`: as an insert, or an upsert
+    /// with an optional guard (`event_time`).
+    fn status(mode: &str, guard: bool, syntax: UpsertSyntax, rows: usize) -> String {
+        let (s, columns) = (id("s"), [id("tracking_id"), id("status"), id("event_time")]);
+        let on_conflict = match mode {
+            "insert" => OnConflict::Keep { key: 0 },
+            _ => OnConflict::Update { key: &[0], guard: guard.then_some(2) },
+        };
+        write_rows(&s, &columns, on_conflict, syntax, rows)
     }
 
     #[test]
     fn declared_inserts_absorb_key_conflicts_only() {
-        let sql = write_rows("s", &status_mapping("insert", None), UpsertSyntax::ValuesFunction, 2);
+        let sql = status("insert", false, UpsertSyntax::ValuesFunction, 2);
         assert_eq!(
             sql,
             "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?),(?,?,?) \
@@ -396,10 +376,9 @@ mod tests {
 
     #[test]
     fn guarded_upserts_compare_before_assigning_the_guard_last() {
-        let m = status_mapping("upsert", Some("event_time"));
         let cond = "(`event_time` IS NULL OR VALUES(`event_time`) > `event_time`)";
         assert_eq!(
-            write_rows("s", &m, UpsertSyntax::ValuesFunction, 1),
+            status("upsert", true, UpsertSyntax::ValuesFunction, 1),
             format!(
                 "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?) ON DUPLICATE KEY UPDATE \
                  `status` = IF({cond}, VALUES(`status`), `status`), `event_time` = IF({cond}, VALUES(`event_time`), `event_time`)"
@@ -409,14 +388,14 @@ mod tests {
         // next to the row alias on MySQL.
         let cond = "(`s`.`event_time` IS NULL OR dp_new.`event_time` > `s`.`event_time`)";
         assert_eq!(
-            write_rows("s", &m, UpsertSyntax::RowAlias, 1),
+            status("upsert", true, UpsertSyntax::RowAlias, 1),
             format!(
                 "INSERT INTO `s` (`tracking_id`,`status`,`event_time`) VALUES (?,?,?) AS dp_new ON DUPLICATE KEY UPDATE \
                  `status` = IF({cond}, dp_new.`status`, `s`.`status`), \
                  `event_time` = IF({cond}, dp_new.`event_time`, `s`.`event_time`)"
             )
         );
-        let plain = write_rows("s", &status_mapping("upsert", None), UpsertSyntax::ValuesFunction, 1);
+        let plain = status("upsert", false, UpsertSyntax::ValuesFunction, 1);
         assert!(plain.ends_with(
             "ON DUPLICATE KEY UPDATE `status` = VALUES(`status`), `event_time` = VALUES(`event_time`)"
         ));
@@ -449,41 +428,19 @@ mod tests {
     }
 
     #[test]
-    fn of_rows_sharing_a_key_the_newest_guard_wins_and_ties_keep_the_first() {
-        use mysql_async::Value;
-        let m = status_mapping("upsert", Some("event_time"));
-        let row = |k: &str, s: &str, minute: u8| {
-            vec![Value::from(k), Value::from(s), Value::Date(2026, 11, 24, 10, minute, 0, 0)]
-        };
-        let rows = [
-            row("A", "PICKED_UP", 1),
-            row("B", "PICKED_UP", 1),
-            row("A", "DELIVERED", 9),
-            row("A", "IN_TRANSIT", 5),
-            row("B", "DUPLICATE", 1),
-            vec![Value::from("C"), Value::from("X"), Value::NULL],
-            row("C", "Y", 0),
-        ];
-        let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
-        assert_eq!(m.winners(&refs), [false, true, true, false, false, false, true]);
-        let unguarded = status_mapping("upsert", None);
-        assert_eq!(unguarded.winners(&refs), [false, false, false, true, true, false, true], "the last wins");
-    }
-
-    #[test]
     fn watermark_statements_lock_and_only_raise() {
-        let lock = lock_offsets("o", 3);
+        let lock = lock_offsets(&id("o"), 3);
         assert_eq!(lock.matches('?').count(), 1 + 3 * 2);
         assert!(lock.ends_with("FOR UPDATE"));
-        assert!(!read_offsets("o", 3).contains("FOR UPDATE"));
+        assert!(!read_offsets(&id("o"), 3).contains("FOR UPDATE"));
         assert!(lock.contains("`stored_ranges`"));
-        let adv = advance_offsets("o", UpsertSyntax::ValuesFunction, 2);
+        let adv = advance_offsets(&id("o"), UpsertSyntax::ValuesFunction, 2);
         assert_eq!(adv.matches('?').count(), 10);
-        let seed = seed_offsets("o", 2);
+        let seed = seed_offsets(&id("o"), 2);
         assert_eq!(seed.matches('?').count(), 6);
         assert!(seed.ends_with("`next_offset` = `next_offset`"), "seeding changes no existing row");
         assert!(adv.contains("GREATEST(`next_offset`, VALUES(`next_offset`))"));
-        let adv = advance_offsets("o", UpsertSyntax::RowAlias, 2);
+        let adv = advance_offsets(&id("o"), UpsertSyntax::RowAlias, 2);
         assert!(
             adv.ends_with(
                 "AS dp_new ON DUPLICATE KEY UPDATE `next_offset` = GREATEST(`o`.`next_offset`, dp_new.`next_offset`), \
@@ -495,12 +452,11 @@ mod tests {
 
     #[test]
     fn mysql_statements_use_the_row_alias_and_qualify_stored_columns() {
-        let m = status_mapping("upsert", Some("event_time"));
         let statements = [
-            write_rows("s", &m, UpsertSyntax::RowAlias, 2),
-            write_rows("s", &status_mapping("upsert", None), UpsertSyntax::RowAlias, 2),
-            insert_dead_letters("d", UpsertSyntax::RowAlias, 2),
-            advance_offsets("o", UpsertSyntax::RowAlias, 2),
+            status("upsert", true, UpsertSyntax::RowAlias, 2),
+            status("upsert", false, UpsertSyntax::RowAlias, 2),
+            insert_dead_letters(&id("d"), UpsertSyntax::RowAlias, 2),
+            advance_offsets(&id("o"), UpsertSyntax::RowAlias, 2),
         ];
         for sql in &statements {
             assert!(!sql.contains("VALUES("), "VALUES() is deprecated on MySQL: {sql}");
@@ -513,7 +469,7 @@ mod tests {
             statements[2]
         );
         // Insert mode needs no alias: its no-op update reads no incoming value.
-        let insert = write_rows("s", &status_mapping("insert", None), UpsertSyntax::RowAlias, 1);
+        let insert = status("insert", false, UpsertSyntax::RowAlias, 1);
         assert!(insert.ends_with(") ON DUPLICATE KEY UPDATE `tracking_id` = `tracking_id`"), "{insert}");
     }
 

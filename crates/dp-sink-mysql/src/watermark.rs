@@ -4,7 +4,7 @@
 
 use crate::MysqlSink;
 use crate::error::MysqlSinkError;
-use crate::sql;
+use crate::sql::{self, Ident};
 use crate::stored;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -26,12 +26,12 @@ pub(crate) type OffsetsRow = (String, i32, i64, Option<String>);
 pub(crate) const OFFSETS_COLUMNS: &[&str] =
     &["consumer_group", "topic", "kafka_partition", "next_offset", "stored_ranges"];
 
-pub(crate) fn collect_marks(found: Vec<OffsetsRow>, table: &str) -> Result<Marks, SinkError> {
+pub(crate) fn collect_marks(found: Vec<OffsetsRow>, table: &Ident) -> Result<Marks, SinkError> {
     let mut marks: Marks = HashMap::new();
     for (t, p, next, ranges) in found {
         // Retried, never dead-lettered: the batch is fine, the row is not (fix it by hand).
         let stored = Stored::parse(next, ranges.as_deref()).map_err(|e| {
-            SinkError::transient(format!("`{table}`.stored_ranges of {t}/{p} is not readable: {e}"))
+            SinkError::transient(format!("{table}.stored_ranges of {t}/{p} is not readable: {e}"))
         })?;
         marks.entry(t).or_default().insert(p, stored);
     }
@@ -41,21 +41,23 @@ pub(crate) fn collect_marks(found: Vec<OffsetsRow>, table: &str) -> Result<Marks
 /// Adds `stored_ranges` to an offsets table made by a release without it.
 pub(crate) async fn add_stored_ranges(
     conn: &mut mysql_async::Conn,
-    table: &str,
+    table: &Ident,
 ) -> Result<(), MysqlSinkError> {
+    let failed = |e: mysql_async::Error| MysqlSinkError::Table {
+        table: table.as_str().to_owned(),
+        message: e.to_string(),
+    };
     let has: Option<u64> = conn
         .exec_first(
             "SELECT COUNT(*) FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'stored_ranges'",
-            (table,),
+            (table.as_str(),),
         )
         .await
-        .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+        .map_err(failed)?;
     if has.unwrap_or(0) == 0 {
-        tracing::info!(table, "adding column stored_ranges to the offsets table");
-        conn.query_drop(sql::add_stored_ranges_column(table))
-            .await
-            .map_err(|e| MysqlSinkError::Table { table: table.to_owned(), message: e.to_string() })?;
+        tracing::info!(table = table.as_str(), "adding column stored_ranges to the offsets table");
+        conn.query_drop(sql::add_stored_ranges_column(table)).await.map_err(failed)?;
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ async fn fresh(server: &Server, config: &MysqlSinkConfig) -> mysql_async::Conn {
         .tables()
         .expect("valid")
         .iter()
-        .map(|t| t.table.clone())
+        .map(|t| t.table.as_str().to_owned())
         .chain([config.dead_letter_table(), config.offsets_table.clone()])
     {
         conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");

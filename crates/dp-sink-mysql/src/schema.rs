@@ -1,12 +1,12 @@
-//! Checks a declared mapping against the live table at startup, so a mismatch stops the
-//! pipeline before the first batch with a message naming the setting and the column, instead
-//! of dead-lettering every record later.
+//! The one live-table check: a table's mapping (declared or the built-in preset) against the
+//! live table at startup, so a mismatch stops the pipeline before the first batch with a
+//! message naming the setting and the column, instead of dead-lettering every record later.
 
 use std::collections::BTreeMap;
 
 use mysql_async::prelude::*;
 
-use crate::columns::{Column, ColumnMapping, ColumnType, WriteMode};
+use crate::mapping::{Column, ColumnMapping, ColumnType, WriteMode};
 use crate::{MysqlSinkError, TableSpec};
 
 /// A column as `information_schema.COLUMNS` describes it.
@@ -26,12 +26,9 @@ pub(crate) struct LiveColumn {
     pub fills_itself: bool,
 }
 
-pub(crate) async fn check(
-    conn: &mut mysql_async::Conn,
-    spec: &TableSpec,
-    mapping: &ColumnMapping,
-) -> Result<(), MysqlSinkError> {
-    let failed = |message: String| MysqlSinkError::Table { table: spec.table.clone(), message };
+pub(crate) async fn check(conn: &mut mysql_async::Conn, spec: &TableSpec) -> Result<(), MysqlSinkError> {
+    let mapping = &spec.mapping;
+    let failed = |message: String| MysqlSinkError::Table { table: spec.table.as_str().to_owned(), message };
     type ColumnRow =
         (String, String, String, Option<u64>, Option<u64>, Option<u64>, String, Option<String>, String);
     let rows: Vec<ColumnRow> = conn
@@ -86,7 +83,14 @@ pub(crate) async fn check(
             unique.entry(index).or_default().push(column);
         }
     }
-    let problems = mismatches(&spec.at, mapping, &live, &unique);
+    let mut problems = mismatches(&spec.at, mapping, &live, &unique);
+    if mapping.layout.key_optional
+        && let Some(i) = problems.iter().position(|p| p.starts_with(&format!("{}.write.key:", spec.at)))
+    {
+        // The watermark still keeps replays out; the unique key is the second net.
+        let missing = problems.remove(i);
+        tracing::warn!(table = %spec.table, "{missing}; a replay that gets past the watermark would be stored twice");
+    }
     if let Some(first) = problems.first() {
         let more = if problems.len() > 1 {
             format!(" (and {} more: {})", problems.len() - 1, problems[1..].join("; "))
@@ -198,7 +202,7 @@ fn compatible(c: &Column, l: &LiveColumn) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::columns::{ColumnConfig, WriteConfig};
+    use crate::mapping::{ColumnConfig, WriteConfig};
 
     fn live(name: &str, data_type: &str, column_type: &str, nullable: bool) -> LiveColumn {
         LiveColumn {
@@ -291,5 +295,40 @@ mod tests {
                 "mysql.routes[0].write.key: [tracking_id] is not the table's primary key nor one of its unique keys (it has: PRIMARY(id))"
             ]
         );
+    }
+
+    #[test]
+    fn the_builtin_table_as_created_passes_its_own_check() {
+        let builtin = ColumnMapping::builtin("event_id", 1 << 20).expect("preset");
+        let text = |n: &str, t: &str, ct: &str, null: bool| live(n, t, ct, null);
+        let table = vec![
+            LiveColumn { fills_itself: true, ..text("id", "bigint", "bigint(20) unsigned", false) },
+            text("event_id", "varchar", "varchar(64)", false),
+            text("tracking_id", "varchar", "varchar(64)", true),
+            text("status", "varchar", "varchar(32)", true),
+            text("event_time", "datetime", "datetime(3)", true),
+            // MariaDB's JSON.
+            text("payload", "longtext", "longtext", false),
+            text("kafka_topic", "varchar", "varchar(249)", false),
+            text("kafka_partition", "int", "int(11)", false),
+            text("kafka_offset", "bigint", "bigint(20)", false),
+            text("kafka_timestamp", "datetime", "datetime(3)", true),
+            LiveColumn { fills_itself: true, ..text("ingested_at", "datetime", "datetime(3)", false) },
+        ];
+        let unique = BTreeMap::from([
+            ("PRIMARY".to_owned(), vec!["id".to_owned()]),
+            ("uq_event_id".to_owned(), vec!["event_id".to_owned()]),
+        ]);
+        assert_eq!(mismatches("mysql", &builtin, &table, &unique), Vec::<String>::new());
+        let mut narrow = table.clone();
+        narrow[3] = text("status", "varchar", "varchar(16)", true);
+        let found = mismatches("mysql", &builtin, &narrow, &unique);
+        assert!(
+            found.len() == 1 && found[0].contains("`status`") && found[0].contains("max_length is 32"),
+            "{found:?}"
+        );
+        let no_unique = BTreeMap::from([("PRIMARY".to_owned(), vec!["id".to_owned()])]);
+        let found = mismatches("mysql", &builtin, &table, &no_unique);
+        assert!(found.len() == 1 && found[0].starts_with("mysql.write.key:"), "{found:?}");
     }
 }
