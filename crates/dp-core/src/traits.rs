@@ -170,7 +170,7 @@ pub struct Orphan {
 }
 
 /// How a batch ended in the sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// Records written as new rows.
     pub inserted: usize,
@@ -181,6 +181,10 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     /// Records the sink refused and put in its dead-letter destination.
     pub dead_lettered: usize,
+    /// `dead_lettered` by class (`invalid_json`, `field_too_long`, …), as
+    /// [`BatchOutcome::dead_letter`] records it. The runtime counts every dead letter in
+    /// `dp_dead_lettered_total{class}`; those no class accounts for count as `unclassified`.
+    pub dead_letter_classes: Vec<(String, usize)>,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -189,10 +193,26 @@ impl std::ops::AddAssign for BatchOutcome {
         self.updated += o.updated;
         self.duplicates += o.duplicates;
         self.dead_lettered += o.dead_lettered;
+        for (class, n) in o.dead_letter_classes {
+            self.add_class(&class, n);
+        }
     }
 }
 
 impl BatchOutcome {
+    /// Counts one record dead-lettered with `class`.
+    pub fn dead_letter(&mut self, class: &str) {
+        self.dead_lettered += 1;
+        self.add_class(class, 1);
+    }
+
+    fn add_class(&mut self, class: &str, n: usize) {
+        match self.dead_letter_classes.iter_mut().find(|(c, _)| c == class) {
+            Some((_, count)) => *count += n,
+            None => self.dead_letter_classes.push((class.to_owned(), n)),
+        }
+    }
+
     /// Every record accounted for.
     pub fn total(&self) -> usize {
         self.inserted + self.updated + self.duplicates + self.dead_lettered

@@ -158,7 +158,17 @@ impl Deliverer {
     /// are isolated and dead-letters them.
     async fn write(&self, records: &[Record]) -> Result<BatchOutcome, PipelineError> {
         let mut isolation = Isolation { len: records.len(), ..Isolation::default() };
-        self.isolate(records, &mut isolation).await
+        let outcome = self.isolate(records, &mut isolation).await?;
+        let mut classified = 0;
+        for (class, n) in &outcome.dead_letter_classes {
+            metrics::counter!(m::DEAD_LETTERED, "class" => class.clone()).increment(*n as u64);
+            classified += n;
+        }
+        if outcome.dead_lettered > classified {
+            metrics::counter!(m::DEAD_LETTERED, "class" => "unclassified")
+                .increment((outcome.dead_lettered - classified) as u64);
+        }
+        Ok(outcome)
     }
 
     /// Writes `records`, a part of the batch `iso` follows; on a permanent error, halves them
@@ -208,8 +218,9 @@ impl Deliverer {
                     .await?
                 {
                     Ok(()) => {
-                        metrics::counter!(m::DEAD_LETTERED, "class" => "sink_rejected").increment(1);
-                        Ok(BatchOutcome { dead_lettered: 1, ..BatchOutcome::default() })
+                        let mut outcome = BatchOutcome::default();
+                        outcome.dead_letter("sink_rejected");
+                        Ok(outcome)
                     }
                     Err(source) => Err(PipelineError::Undeliverable {
                         topic: record.topic.to_string(),

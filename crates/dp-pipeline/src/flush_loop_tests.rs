@@ -144,6 +144,9 @@ struct MemSink {
     calls: AtomicUsize,
     transient_failures: AtomicUsize,
     refuse: BTreeSet<i64>,
+    /// Records the sink dead-letters itself, inside the batch: odd offsets with the class
+    /// `odd_shape`, even ones with none.
+    in_batch: BTreeSet<i64>,
     /// Refuses the `refuse` records with a presumed data fault (an unknown code of a data class)
     /// instead of a known one.
     presumed: bool,
@@ -206,11 +209,21 @@ impl Sink for MemSink {
         if records.iter().any(|r| self.refuse.contains(&r.offset)) {
             return Err(self.refusal());
         }
+        let mut outcome = BatchOutcome::default();
         let mut rows = self.rows.lock().expect("lock");
-        let inserted = records.iter().filter(|r| rows.insert(r.offset)).count();
+        for r in records {
+            if !self.in_batch.contains(&r.offset) {
+                outcome.inserted += usize::from(rows.insert(r.offset));
+            } else if r.offset % 2 == 1 {
+                outcome.dead_letter("odd_shape");
+            } else {
+                outcome.dead_lettered += 1;
+            }
+        }
+        outcome.duplicates = records.len() - outcome.inserted - outcome.dead_lettered;
         let offsets = records.iter().map(|r| r.offset).collect();
         self.written.lock().expect("lock").push(Written { mark: Mark::now(), offsets });
-        Ok(BatchOutcome { inserted, duplicates: records.len() - inserted, ..BatchOutcome::default() })
+        Ok(outcome)
     }
     async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
         if self.no_dead_letter {
@@ -736,6 +749,38 @@ impl Sink for RandomSink {
         }
         Ok(BatchOutcome { inserted: records.len(), ..BatchOutcome::default() })
     }
+}
+
+#[test]
+fn dead_letters_are_counted_in_metrics_by_class_whoever_made_them() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let stats = metrics::with_local_recorder(&recorder, || {
+        paused_runtime().block_on(async {
+            let source = VecSource::with(16);
+            let buffer = Arc::new(MemBuffer::default());
+            // 3 refused alone (the runtime dead-letters it), 5, 6 and 9 dead-lettered by the
+            // sink within its batch, as a custom sink may.
+            let sink =
+                Arc::new(MemSink { refuse: [3].into(), in_batch: [5, 6, 9].into(), ..MemSink::default() });
+            let p = pipeline(&source, &buffer, &sink, 16, Duration::from_secs(3600));
+            run_until(p, "the batch delivered", |s| s.batches == 1).await.expect("runs").summary.stats
+        })
+    });
+    assert_eq!((stats.inserted, stats.dead_lettered), (12, 4));
+    let mut counted = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() != m::DEAD_LETTERED {
+            continue;
+        }
+        let class = key.key().labels().find(|l| l.key() == "class").map(|l| l.value().to_owned());
+        if let metrics_util::debugging::DebugValue::Counter(n) = value {
+            counted.insert(class.unwrap_or_default(), n);
+        }
+    }
+    let expected: BTreeMap<String, u64> =
+        [("sink_rejected", 1), ("odd_shape", 2), ("unclassified", 1)].map(|(c, n)| (c.to_owned(), n)).into();
+    assert_eq!(counted, expected);
 }
 
 /// A runtime for one property-test case, on paused time like the `#[tokio::test]`s.

@@ -343,10 +343,10 @@ impl MysqlSink {
         self.store_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records, marks).await?;
         tx.commit().await.map_err(|e| classify("commit failed", e))?;
+        // The runtime counts them in its metrics, by class.
         for d in &rejected {
-            metrics::counter!("dp_dead_lettered_total", "class" => d.error_class.clone()).increment(1);
+            outcome.dead_letter(&d.error_class);
         }
-        outcome.dead_lettered = rejected.len();
         // Records below the watermark, second copies, and upserts that lost within the batch.
         outcome.duplicates =
             records.len().saturating_sub(outcome.inserted + outcome.updated + outcome.dead_lettered);

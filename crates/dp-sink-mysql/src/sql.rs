@@ -279,7 +279,12 @@ pub fn upsert_outcome(rows: usize, affected: usize, info: &str) -> dp_core::Batc
         .unwrap_or(usize::from(rows == 1 && affected == 2))
         .min(rows);
     let inserted = affected.saturating_sub(2 * updated).min(rows - updated);
-    dp_core::BatchOutcome { inserted, updated, duplicates: rows - inserted - updated, dead_lettered: 0 }
+    dp_core::BatchOutcome {
+        inserted,
+        updated,
+        duplicates: rows - inserted - updated,
+        ..dp_core::BatchOutcome::default()
+    }
 }
 
 /// A multi-row insert of dead-letter entries; a repeat of the same coordinates counts another

@@ -313,10 +313,15 @@ impl Sink for PostgresSink {
         }
         let mut rows = Rows::default();
         let mut rejected = DeadLetterRows::default();
+        // Counted by class in the runtime's `dp_dead_lettered_total` once the batch commits.
+        let mut outcome = BatchOutcome::default();
         for record in records {
             match mapping::map(record) {
                 Ok(row) => rows.push(record, row),
-                Err(r) => rejected.push(record, r.class, &r.reason, None),
+                Err(r) => {
+                    outcome.dead_letter(r.class);
+                    rejected.push(record, r.class, &r.reason, None);
+                }
             }
         }
         let what = format!("write of {} records to \"{}\"", records.len(), self.table);
@@ -333,14 +338,10 @@ impl Sink for PostgresSink {
             })
             .await?;
         let inserted = usize::try_from(inserted).unwrap_or(usize::MAX).min(rows.len());
-        let dead_lettered = rejected.len();
-        tracing::debug!(rows = records.len(), inserted, dead_lettered, table = %self.table, "batch written");
-        Ok(BatchOutcome {
-            inserted,
-            duplicates: rows.len() - inserted,
-            dead_lettered,
-            ..BatchOutcome::default()
-        })
+        tracing::debug!(rows = records.len(), inserted, dead_lettered = outcome.dead_lettered, table = %self.table, "batch written");
+        outcome.inserted = inserted;
+        outcome.duplicates = rows.len() - inserted;
+        Ok(outcome)
     }
 
     async fn dead_letter(&self, entries: &[DeadLetter]) -> Result<(), SinkError> {
@@ -576,10 +577,6 @@ impl<'a> DeadLetterRows<'a> {
         self.class.push(text(class));
         self.reason.push(text(reason));
         self.sqlstate.push(sqlstate.map(text));
-    }
-
-    fn len(&self) -> usize {
-        self.topic.len()
     }
 
     fn is_empty(&self) -> bool {
