@@ -6,7 +6,7 @@
 
 mod servers;
 
-use dp_core::{ErrorKind, Record, SecretUrl, Sink, SinkError};
+use dp_core::{ErrorKind, Record, Sink, SinkError};
 use dp_sink_mysql::{MysqlSink, MysqlSinkConfig};
 use mysql_async::prelude::Queryable;
 use servers::{Server, on_both_servers};
@@ -34,16 +34,10 @@ async fn a_table_changed_under_the_sink_is_a_statement_fault_and_a_narrowed_colu
     let table = format!("faults_alter_{}", std::process::id());
     let helpers = [format!("{table}_a"), format!("{table}_b")];
     let mut conn = server.conn().await;
-    for t in [&table, &format!("{table}_dead_letter"), &format!("{table}_offsets"), &helpers[0], &helpers[1]]
-    {
+    for t in &helpers {
         conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
     }
-    let config = MysqlSinkConfig {
-        url: SecretUrl::new(&server.url),
-        table: table.clone(),
-        offsets_table: format!("{table}_offsets"),
-        ..MysqlSinkConfig::default()
-    };
+    let config = server.fresh_sink_config(&mut conn, &table).await;
     let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("g");
     sink.write_batch(&[rec(0)]).await.expect("the table as created");
 

@@ -3,8 +3,8 @@
 
 mod servers;
 
-use dp_core::{DeadLetter, Record, SecretUrl, Sink};
-use dp_sink_mysql::{MysqlSink, MysqlSinkConfig, WatermarkMode};
+use dp_core::{DeadLetter, Record, Sink};
+use dp_sink_mysql::{MysqlSink, WatermarkMode};
 use mysql_async::prelude::Queryable;
 use servers::{Server, on_both_servers};
 
@@ -21,15 +21,7 @@ fn rec(offset: i64) -> Record {
 async fn sink_without_unique_key(server: &Server, name: &str) -> (MysqlSink, mysql_async::Conn, String) {
     let table = format!("sink_{name}_{}", std::process::id());
     let mut conn = server.conn().await;
-    conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
-        .await
-        .expect("drop");
-    let config = MysqlSinkConfig {
-        url: SecretUrl::new(&server.url),
-        table: table.clone(),
-        offsets_table: format!("{table}_offsets"),
-        ..MysqlSinkConfig::default()
-    };
+    let config = server.fresh_sink_config(&mut conn, &table).await;
     let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("g");
     conn.query_drop(format!("ALTER TABLE `{table}` DROP INDEX `uq_event_id`"))
         .await

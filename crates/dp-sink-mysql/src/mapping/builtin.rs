@@ -22,27 +22,12 @@ pub const TOPIC_MAX: usize = 249;
 /// The built-in table's columns, in statement order; `event_id_field` names the payload field
 /// holding the idempotency key.
 pub fn builtin_columns(event_id_field: &str) -> Vec<ColumnConfig> {
-    let column = |name: &str, kind: Option<ColumnType>| ColumnConfig {
-        name: name.into(),
-        pointer: None,
-        computed: None,
-        fallback: None,
-        kind,
-        max_length: None,
-        precision: None,
-        scale: None,
-        format: None,
-        required: false,
-        default: None,
-    };
     let pointer = |name: &str, field: &str, kind: ColumnType, max_length: Option<usize>| ColumnConfig {
-        // RFC 6901 escapes, so any field name is one segment.
-        pointer: Some(format!("/{}", field.replace('~', "~0").replace('/', "~1"))),
         max_length,
-        ..column(name, Some(kind))
+        // RFC 6901 escapes, so any field name is one segment.
+        ..ColumnConfig::pointer(name, &format!("/{}", field.replace('~', "~0").replace('/', "~1")), kind)
     };
-    let computed =
-        |name: &str, what: &str| ColumnConfig { computed: Some(what.into()), ..column(name, None) };
+    let computed = ColumnConfig::computed;
     vec![
         ColumnConfig {
             fallback: Some("kafka_uuid".into()),

@@ -48,6 +48,31 @@ pub struct ColumnConfig {
     pub default: Option<serde_json::Value>,
 }
 
+impl ColumnConfig {
+    /// A column read from the payload at `pointer`, of type `kind`; every other setting unset.
+    pub fn pointer(name: &str, pointer: &str, kind: ColumnType) -> Self {
+        Self { pointer: Some(pointer.into()), kind: Some(kind), ..Self::computed(name, "") }
+    }
+
+    /// A column computed from the record (`kafka_offset`, `payload`, …), of its natural type;
+    /// every other setting unset.
+    pub fn computed(name: &str, what: &str) -> Self {
+        Self {
+            name: name.into(),
+            pointer: None,
+            computed: (!what.is_empty()).then(|| what.into()),
+            fallback: None,
+            kind: None,
+            max_length: None,
+            precision: None,
+            scale: None,
+            format: None,
+            required: false,
+            default: None,
+        }
+    }
+}
+
 /// A column's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,28 +11,11 @@ use super::*;
 use crate::sql::{Ident, UpsertSyntax};
 
 fn col(name: &str, pointer: &str, kind: ColumnType) -> ColumnConfig {
-    ColumnConfig {
-        name: name.into(),
-        pointer: Some(pointer.into()),
-        computed: None,
-        fallback: None,
-        kind: Some(kind),
-        max_length: None,
-        precision: None,
-        scale: None,
-        format: None,
-        required: false,
-        default: None,
-    }
+    ColumnConfig::pointer(name, pointer, kind)
 }
 
 fn computed(name: &str, what: &str) -> ColumnConfig {
-    ColumnConfig {
-        pointer: None,
-        computed: Some(what.into()),
-        kind: None,
-        ..col(name, "/x", ColumnType::String)
-    }
+    ColumnConfig::computed(name, what)
 }
 
 fn key(cols: &[&str]) -> WriteConfig {

@@ -83,6 +83,24 @@ impl Server {
         self.pool().await.get_conn().await.expect("a second connection")
     }
 
+    /// The sink's settings for the built-in `table` on this server, its offsets in
+    /// `<table>_offsets`, after dropping what an earlier run left of its three tables.
+    pub async fn fresh_sink_config(
+        &self,
+        conn: &mut mysql_async::Conn,
+        table: &str,
+    ) -> dp_sink_mysql::MysqlSinkConfig {
+        conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
+            .await
+            .expect("drop");
+        dp_sink_mysql::MysqlSinkConfig {
+            url: dp_core::SecretUrl::new(&self.url),
+            table: table.to_owned(),
+            offsets_table: format!("{table}_offsets"),
+            ..dp_sink_mysql::MysqlSinkConfig::default()
+        }
+    }
+
     async fn version(&self, pool: &mysql_async::Pool) -> String {
         let mut conn = pool.get_conn().await.unwrap_or_else(|e| {
             panic!(
