@@ -107,7 +107,7 @@ impl TableSpec {
 }
 
 /// `name` as an identifier, or an error naming the setting `at`.
-fn ident(at: &str, name: &str) -> Result<Ident, String> {
+pub(crate) fn ident(at: &str, name: &str) -> Result<Ident, String> {
     Ident::new(name).ok_or_else(|| {
         format!("{at}: `{name}` is not a plain identifier (1-64 of [A-Za-z0-9_], not starting with a digit)")
     })

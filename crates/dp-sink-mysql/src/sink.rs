@@ -5,11 +5,12 @@ use crate::MysqlSink;
 use crate::Table;
 use crate::Target;
 use crate::config::MysqlSinkConfig;
+use crate::config::ident;
 use crate::error::MysqlSinkError;
 use crate::mapping::Rejection;
 use crate::row_bytes;
 use crate::schema;
-use crate::sql::{self, Ident};
+use crate::sql;
 use crate::stored::WatermarkMode;
 use crate::watermark::OFFSETS_COLUMNS;
 use crate::watermark::add_stored_ranges;
@@ -94,13 +95,9 @@ impl MysqlSink {
             }
             tables.push(Table { name: spec.table, mapping: spec.mapping });
         }
-        let config_err = |e: String| MysqlSinkError::Config(e);
-        let dead_letter_table = Ident::new(&dlq).ok_or_else(|| {
-            config_err(format!("mysql.dead_letter_table: `{dlq}` is not a plain identifier"))
-        })?;
-        let offsets_table = Ident::new(&config.offsets_table).ok_or_else(|| {
-            config_err(format!("mysql.offsets_table: `{}` is not a plain identifier", config.offsets_table))
-        })?;
+        let dead_letter_table = ident("mysql.dead_letter_table", &dlq).map_err(MysqlSinkError::Config)?;
+        let offsets_table =
+            ident("mysql.offsets_table", &config.offsets_table).map_err(MysqlSinkError::Config)?;
         check_columns(&mut conn, &dlq, sql::DEAD_LETTER_COLUMNS).await?;
         if config.create_table {
             add_stored_ranges(&mut conn, &offsets_table).await?;

@@ -98,7 +98,8 @@ fn value_of(
             None => None,
             Some(k) => Some(from_text(c, utf8(k, "the message key")?)?),
         },
-        Origin::KafkaUuid => Some(from_text(c, &kafka_uuid(record).to_string())?),
+        // A string column by compilation: the text moves into the parameter.
+        Origin::KafkaUuid => Some(string_value(c, Cow::Owned(kafka_uuid(record).to_string()))?),
         Origin::Header(name) => {
             match record.headers.iter().rev().find(|h| &h.name == name).and_then(|h| h.value.as_deref()) {
                 None => None,
