@@ -23,8 +23,10 @@ use tokio::task::JoinHandle;
 use std::sync::atomic::Ordering;
 
 use crate::deliver::{Delivered, Deliverer};
+use crate::filter::Filtering;
 use crate::metrics as m;
 use crate::options::{CommitPolicy, InvalidSetting, PipelineOptions};
+use crate::pause::PauseControl;
 use crate::readiness::Readiness;
 use crate::recovery::{leases, restore};
 use crate::spill::{Spill, Spilled};
@@ -123,6 +125,7 @@ pub struct Pipeline {
     deliverer: Arc<Deliverer>,
     options: PipelineOptions,
     readiness: Readiness,
+    pause: PauseControl,
 }
 
 impl Pipeline {
@@ -138,8 +141,15 @@ impl Pipeline {
         options.validate()?;
         let probes = [source.health(), buffer.health(), sink.health()].into_iter().flatten().collect();
         let deliverer = Arc::new(Deliverer::new(sink, buffer, options.retry.clone()));
-        let readiness = Readiness { stats: Arc::clone(&deliverer.stats), parts: probes };
-        Ok(Self { source, deliverer, options, readiness })
+        let pause = PauseControl::default();
+        let readiness =
+            Readiness { stats: Arc::clone(&deliverer.stats), parts: probes, pause: pause.clone() };
+        Ok(Self { source, deliverer, options, readiness, pause })
+    }
+
+    /// A handle that pauses and resumes this pipeline while it runs.
+    pub fn pause_control(&self) -> PauseControl {
+        self.pause.clone()
     }
 
     /// A handle for readiness probes, to read while the pipeline runs.
@@ -156,8 +166,12 @@ impl Pipeline {
     /// completes, then drains: writes what is buffered, commits, and closes every part.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, PipelineError> {
         let started = Instant::now();
-        let Self { mut source, deliverer, options, readiness: _ } = self;
-        let PipelineOptions { buffer: buffer_config, shutdown_timeout, commit_policy, .. } = options;
+        let Self { mut source, deliverer, options, readiness: _, pause } = self;
+        let PipelineOptions { buffer: buffer_config, shutdown_timeout, commit_policy, filter, .. } = options;
+        let mut filtering = filter.map(Filtering::new);
+        let mut pause_changes = pause.watch();
+        let mut paused = *pause_changes.borrow_and_update();
+        m::set(m::PAUSED, usize::from(paused));
         let stats = Arc::clone(&deliverer.stats);
         // The lease must stay alive through a long restore, or another instance adopts us.
         let background = leases(&deliverer, buffer_config.max_rows);
@@ -179,7 +193,7 @@ impl Pipeline {
         let mut failed: Option<PipelineError> = None;
         tokio::pin!(shutdown);
         loop {
-            if in_flight.is_none() {
+            if in_flight.is_none() && !paused {
                 // Spilled batches are older than anything collected: they go first.
                 if let Some(spilled) = spill.pop() {
                     in_flight = Some(start_spilled(&deliverer, spilled));
@@ -188,6 +202,9 @@ impl Pipeline {
                     if !acc.is_empty() {
                         in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
                     }
+                } else if acc.due(now()) == Some(FlushTrigger::Size) {
+                    // Full while paused: written as soon as the pipeline resumes.
+                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                 }
             }
             let flying = in_flight.as_ref().map_or(Held::default(), |f| f.1);
@@ -209,19 +226,45 @@ impl Pipeline {
                 done = join(&mut in_flight) => {
                     in_flight = None;
                     complete(source.as_mut(), &mut write_ahead, done?);
-                    if spill.is_empty() && let Some(trigger) = acc.due(now()) {
+                    if !paused && spill.is_empty() && let Some(trigger) = acc.due(now()) {
                         in_flight = Some(start(&deliverer, &mut acc, trigger));
                     }
                 }
+                changed = pause_changes.changed() => {
+                    if changed.is_ok() {
+                        paused = *pause_changes.borrow_and_update();
+                        m::set(m::PAUSED, usize::from(paused));
+                        if paused {
+                            tracing::info!(buffered = acc.len(), writing = in_flight.is_some(), "paused: the batch being written finishes, then nothing is consumed or written until resumed");
+                        } else {
+                            tracing::info!(buffered = acc.len(), "resumed");
+                        }
+                    }
+                }
                 () = tokio::time::sleep(SPILL_CHECK), if stuck => {}
-                () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {
+                () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() && !paused => {
                     in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Interval));
                 }
                 () = sleep_until(poll_again), if source_resting => poll_again = None,
-                polled = source.poll(acc.room()), if acc.room() > 0 && !source_resting => match polled {
+                polled = source.poll(acc.room()), if acc.room() > 0 && !source_resting && !paused => match polled {
                     Ok(records) => {
                         PipelineStats::bump(&stats.consumed, records.len());
                         m::consumed(&records);
+                        let records = match filtering.as_mut() {
+                            Some(filtering) => {
+                                let split = filtering.apply(records);
+                                if !split.dropped.is_empty() {
+                                    PipelineStats::bump(&stats.filtered, split.dropped.len());
+                                    m::filtered(&split.reasons);
+                                    // Done with, like a delivered record: the offset may pass it.
+                                    if let Err(e) = source.acknowledge(&split.dropped) {
+                                        tracing::warn!(error = %e, "storing offsets failed; the group may re-read these records");
+                                    }
+                                }
+                                split.kept
+                            }
+                            None => records,
+                        };
                         let appended = write_ahead.append(&records).await;
                         if commit_policy == CommitPolicy::AfterBuffer && appended.all {
                             // In Redis (which must persist writes under this policy): durable enough

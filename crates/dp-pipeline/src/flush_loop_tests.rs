@@ -856,3 +856,92 @@ proptest! {
         prop_assert_eq!(acked, expected, "every record acknowledged once");
     }
 }
+
+/// Drops every record whose offset is a multiple of three.
+#[derive(Debug)]
+struct EveryThird;
+
+impl crate::RecordFilter for EveryThird {
+    fn drop_reason(&self, record: &Record) -> Option<&str> {
+        (record.offset % 3 == 0).then_some("third")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn filtered_records_are_acknowledged_but_never_written_ahead_or_stored() {
+    let source = VecSource::with(30);
+    let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
+    let p = Pipeline::new(
+        Box::new(source.clone()),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        PipelineOptions::new()
+            .buffer(BatchingConfig { max_rows: 10, ..BatchingConfig::default() })
+            .retry(retry())
+            .filter(Arc::new(EveryThird)),
+    )
+    .expect("valid options");
+    let stopped = run_until(p, "every record done with", |s| s.delivered() == 30).await.expect("runs");
+    let kept: BTreeSet<i64> = (0..30).filter(|o| o % 3 != 0).collect();
+    assert_eq!(*sink.rows.lock().expect("lock"), kept, "exactly the kept records are stored");
+    assert_eq!(buffer.next.load(Ordering::Relaxed), kept.len(), "dropped records are never written ahead");
+    assert_eq!(source.acked(), (0..30).collect(), "dropped records are acknowledged too");
+    let stats = stopped.summary.stats;
+    assert_eq!((stats.consumed, stats.filtered, stats.inserted), (30, 10, 20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_until_resumed() {
+    let source = VecSource::with(25);
+    let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
+    // The sink is down: the first full batch stays in flight, retried; the next one is
+    // collected and held in memory (no spilling: at most two batches).
+    sink.down.store(true, Ordering::Relaxed);
+    let batching = BatchingConfig {
+        max_rows: 10,
+        flush_interval: Duration::from_secs(1),
+        max_buffered_rows: Some(20),
+        ..BatchingConfig::default()
+    };
+    let p = Pipeline::new(
+        Box::new(source.clone()),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        PipelineOptions::new().buffer(batching).retry(retry()),
+    )
+    .expect("valid options");
+    let control = p.pause_control();
+    let readiness = p.readiness();
+    let stats = p.stats();
+    let sink2 = Arc::clone(&sink);
+    let source2 = source.clone();
+    let summary = p
+        .run(async move {
+            // One batch in flight (retried), the next one collected and due by size.
+            while sink2.calls.load(Ordering::Relaxed) == 0 || stats.snapshot().consumed < 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(control.pause());
+            let problems = readiness.check().expect_err("a paused pipeline is not ready");
+            assert!(problems.iter().any(|p| p.contains("paused")), "{problems:?}");
+            // The batch in flight finishes once the sink is back.
+            sink2.down.store(false, Ordering::Relaxed);
+            while sink2.written().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Far past the flush interval: nothing more is written, nothing more is polled.
+            let polled = source2.polls().len();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            assert_eq!(sink2.sizes(), vec![10], "only the batch in flight was written while paused");
+            assert_eq!(source2.polls().len(), polled, "nothing is consumed while paused");
+            assert!(control.resume());
+            while sink2.rows.lock().expect("lock").len() < 25 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(readiness.check().is_ok(), "ready again once resumed");
+        })
+        .await
+        .expect("runs");
+    assert_eq!(summary.stats.inserted, 25);
+    assert_eq!(source.acked(), (0..25).collect());
+}

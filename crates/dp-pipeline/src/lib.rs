@@ -65,20 +65,24 @@
 //! ```
 
 mod deliver;
+mod filter;
 mod flush_loop;
 mod memory_buffer;
 pub mod metrics;
 mod options;
+mod pause;
 mod readiness;
 mod recovery;
 mod spill;
 mod stats;
 mod write_ahead;
 
+pub use filter::RecordFilter;
 pub use flush_loop::{Pipeline, PipelineError, RunSummary};
 pub use memory_buffer::MemoryBuffer;
 pub use options::{
     BatchingConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig, validate_shutdown_timeout,
 };
+pub use pause::PauseControl;
 pub use readiness::Readiness;
 pub use stats::{PipelineStats, StatsSnapshot};

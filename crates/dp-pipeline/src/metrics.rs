@@ -58,6 +58,10 @@ pub const CONSUMING: &str = "dp_consuming";
 pub const RESTORED: &str = "dp_restored_messages_total";
 /// Messages adopted from the buffers of instances whose lease expired.
 pub const ADOPTED: &str = "dp_adopted_messages_total";
+/// Messages dropped by the filter (acknowledged, never stored), by reason.
+pub const FILTERED: &str = "dp_filtered_total";
+/// 1 while an operator has paused the pipeline.
+pub const PAUSED: &str = "dp_paused";
 
 /// Registers descriptions and units, for exporters that show them. Call once after installing
 /// a recorder.
@@ -127,6 +131,19 @@ pub fn describe() {
         "Messages restored from this instance's Redis buffer at startup."
     );
     describe_counter!(ADOPTED, Unit::Count, "Messages adopted from instances whose lease expired.");
+    describe_counter!(
+        FILTERED,
+        Unit::Count,
+        "Messages dropped by a filter (acknowledged, never stored), by reason."
+    );
+    describe_gauge!(PAUSED, "1 while an operator has paused the pipeline (POST /admin/pause).");
+}
+
+/// Counts the records a filter dropped from one chunk, per reason.
+pub(crate) fn filtered(reasons: &[(String, usize)]) {
+    for (reason, n) in reasons {
+        counter!(FILTERED, "reason" => reason.clone()).increment(*n as u64);
+    }
 }
 
 /// Counts a polled chunk per topic and partition.

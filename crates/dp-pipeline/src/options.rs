@@ -5,10 +5,13 @@
 //! it in its own configuration file; the `delivery-pipeline` binary reads it from `[buffer]`,
 //! `[retry]`, `shutdown_timeout` and `commit_policy`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+
+use crate::filter::RecordFilter;
 
 /// A setting that cannot work, naming its key (`buffer.max_rows`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +53,8 @@ pub struct PipelineOptions {
     pub shutdown_timeout: Duration,
     /// When the source may commit past a record.
     pub commit_policy: CommitPolicy,
+    /// Which records to drop before they are written ahead or stored; none by default.
+    pub filter: Option<Arc<dyn RecordFilter>>,
 }
 
 impl Default for PipelineOptions {
@@ -59,6 +64,7 @@ impl Default for PipelineOptions {
             retry: RetryConfig::default(),
             shutdown_timeout: Duration::from_secs(25),
             commit_policy: CommitPolicy::default(),
+            filter: None,
         }
     }
 }
@@ -95,6 +101,15 @@ impl PipelineOptions {
     #[must_use]
     pub fn commit_policy(mut self, policy: CommitPolicy) -> Self {
         self.commit_policy = policy;
+        self
+    }
+
+    /// Drops the records `filter` names before they are written ahead or stored: each is
+    /// acknowledged and counted in `dp_filtered_total{reason}` and the
+    /// [`filtered`](crate::StatsSnapshot::filtered) counter.
+    #[must_use]
+    pub fn filter(mut self, filter: Arc<dyn RecordFilter>) -> Self {
+        self.filter = Some(filter);
         self
     }
 

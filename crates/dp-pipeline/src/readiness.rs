@@ -5,22 +5,30 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use dp_core::Health;
 
-use crate::PipelineStats;
+use crate::{PauseControl, PipelineStats};
 
 /// Reads a running pipeline's state: ready while it consumes, the sink and the buffer answer
 /// (and the sink takes the statements: a statement or schema fault is not ready either), and
 /// each part's own [`Health`] probe reports no problem (the Kafka source's: a broker is
-/// reachable, no partition paused). Cheap to clone and to check.
+/// reachable, no partition paused), and no operator has paused it
+/// ([`PauseControl`]). Cheap to clone and to check.
 #[derive(Clone)]
 pub struct Readiness {
     pub(crate) stats: Arc<PipelineStats>,
     pub(crate) parts: Vec<Arc<dyn Health>>,
+    pub(crate) pause: PauseControl,
 }
 
 impl Readiness {
     /// `Ok` when ready; otherwise one line per part that is not.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut not_ready = Vec::new();
+        if self.pause.is_paused() {
+            not_ready.push(
+                "pipeline: paused by an operator; nothing is consumed or written until it is resumed"
+                    .to_owned(),
+            );
+        }
         if self.stats.consuming.load(Relaxed) == 0 {
             not_ready
                 .push("pipeline: not consuming (restoring the buffer at startup, or draining)".to_owned());

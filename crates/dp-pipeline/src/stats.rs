@@ -16,6 +16,8 @@ pub struct PipelineStats {
     pub duplicates: AtomicU64,
     /// Records dead-lettered.
     pub dead_lettered: AtomicU64,
+    /// Records dropped by the filter (acknowledged, never stored).
+    pub filtered: AtomicU64,
     /// Batches delivered.
     pub batches: AtomicU64,
     /// Records restored from the write-ahead buffer at startup.
@@ -61,6 +63,8 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     /// See [`PipelineStats::dead_lettered`].
     pub dead_lettered: u64,
+    /// See [`PipelineStats::filtered`].
+    pub filtered: u64,
     /// See [`PipelineStats::batches`].
     pub batches: u64,
     /// See [`PipelineStats::restored`].
@@ -92,6 +96,7 @@ impl PipelineStats {
             updated: self.updated.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
             batches: self.batches.load(Relaxed),
             restored: self.restored.load(Relaxed),
             adopted: self.adopted.load(Relaxed),
@@ -124,8 +129,9 @@ impl PipelineStats {
 }
 
 impl StatsSnapshot {
-    /// Records accounted for by the sink: stored, updated, already present, or dead-lettered.
+    /// Records done with: stored, updated, found already present or dead-lettered by the
+    /// sink, or dropped by the filter.
     pub fn delivered(&self) -> u64 {
-        self.inserted + self.updated + self.duplicates + self.dead_lettered
+        self.inserted + self.updated + self.duplicates + self.dead_lettered + self.filtered
     }
 }
