@@ -5,11 +5,14 @@
 //! Loading (file, environment) is the binary's job; this module only defines the shape, the
 //! defaults and a pure [`Config::validate`]. Every section rejects unknown keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dp_buffer_redis::RedisBufferConfig;
 use dp_pipeline::{BatchingConfig, CommitPolicy, InvalidSetting, PipelineOptions, RetryConfig};
 use dp_sink_mysql::MysqlSinkConfig;
+
+use crate::filter::{FilterConfig, Filters};
 use dp_source_kafka::KafkaSourceConfig;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +49,8 @@ pub struct Config {
     /// Let `after_buffer` run against a Redis that does not persist writes (AOF off or
     /// `appendfsync no`). A Redis restart then loses messages Kafka already committed past.
     pub allow_volatile_buffer: bool,
+    /// `[[filter]]` rules: records to drop before they are written ahead or stored.
+    pub filter: Vec<FilterConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(25),
             commit_policy: CommitPolicy::AfterSink,
             allow_volatile_buffer: false,
+            filter: Vec::new(),
         }
     }
 }
@@ -100,15 +106,20 @@ impl Config {
         "shutdown_timeout",
         "commit_policy",
         "allow_volatile_buffer",
+        "filter",
     ];
 
-    /// The runtime's settings of this configuration.
-    pub fn options(&self) -> PipelineOptions {
-        PipelineOptions::new()
+    /// The runtime's settings of this configuration, the `[[filter]]` rules compiled.
+    pub fn options(&self) -> Result<PipelineOptions, InvalidSetting> {
+        let options = PipelineOptions::new()
             .buffer(self.buffer.clone())
             .retry(self.retry.clone())
             .shutdown_timeout(self.shutdown_timeout)
-            .commit_policy(self.commit_policy)
+            .commit_policy(self.commit_policy);
+        Ok(match Filters::compile(&self.filter)? {
+            Some(filters) => options.filter(Arc::new(filters)),
+            None => options,
+        })
     }
 
     /// Checks every setting without connecting anywhere. The error names the key and the fix.
@@ -158,7 +169,7 @@ impl Config {
                 ));
             }
         }
-        self.options().validate()
+        self.options()?.validate()
     }
 }
 
@@ -189,7 +200,7 @@ mod tests {
     fn defaults_validate_and_reach_the_runtime() {
         let c = valid();
         c.validate().expect("defaults validate");
-        let o = c.options();
+        let o = c.options().expect("valid");
         assert_eq!((o.buffer.max_rows, o.buffer.flush_interval), (1000, Duration::from_secs(30)));
         assert_eq!(o.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(o.commit_policy, CommitPolicy::AfterSink);

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+pub mod filter;
 
 use std::sync::Arc;
 
@@ -23,9 +24,10 @@ use dp_core::{Buffer, Sink, Source, Watermarks};
 pub use config::{Config, DeadLetterConfig};
 /// The runtime, re-exported: a pipeline built here is a [`dp_pipeline::Pipeline`].
 pub use dp_pipeline::{
-    self, BatchingConfig, CommitPolicy, InvalidSetting, Pipeline, PipelineError, PipelineOptions,
-    PipelineStats, Readiness, RetryConfig, RunSummary, StatsSnapshot,
+    self, BatchingConfig, CommitPolicy, InvalidSetting, PauseControl, Pipeline, PipelineError,
+    PipelineOptions, PipelineStats, Readiness, RecordFilter, RetryConfig, RunSummary, StatsSnapshot,
 };
+pub use filter::{FilterAction, FilterConfig, Filters};
 
 /// The MySQL client the MySQL sink uses, for hosts that lend it their pool
 /// ([`PipelineBuilder::mysql_pool`]).
@@ -202,7 +204,7 @@ impl PipelineBuilder {
                 Box::new(kafka)
             }
         };
-        Ok(Pipeline::new(source, buffer, sink, config.options())?)
+        Ok(Pipeline::new(source, buffer, sink, config.options()?)?)
     }
 }
 
