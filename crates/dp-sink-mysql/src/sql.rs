@@ -143,6 +143,19 @@ pub fn advance_offsets(table: &Ident, syntax: UpsertSyntax, partitions: usize) -
     )
 }
 
+/// Sets the watermarks of `partitions` partitions to the given offsets, lowering or raising
+/// them, and forgets their stored ranges (an operator's rewind). Parameters: group, topic,
+/// partition and next offset, per row.
+pub fn reset_offsets(table: &Ident, syntax: UpsertSyntax, partitions: usize) -> String {
+    format!(
+        "INSERT INTO {table} (`consumer_group`, `topic`, `kafka_partition`, `next_offset`, `stored_ranges`) \
+         VALUES {}{} ON DUPLICATE KEY UPDATE `next_offset` = {}, `stored_ranges` = NULL",
+        vec!["(?,?,?,?,NULL)"; partitions.max(1)].join(","),
+        syntax.alias(),
+        syntax.incoming("next_offset"),
+    )
+}
+
 fn values_list(columns: usize, rows: usize) -> String {
     let one = format!("({})", vec!["?"; columns].join(","));
     vec![one; rows].join(",")

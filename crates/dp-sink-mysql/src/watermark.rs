@@ -86,6 +86,38 @@ impl MysqlSink {
         }
     }
 
+    /// Sets the watermarks of the configured group to exactly `targets` (topic, partition, next
+    /// offset), lower or higher than they were, and forgets the stored ranges above them, in
+    /// one transaction: what `delivery-pipeline offsets reset` does while no instance runs. A
+    /// partition rewound this way is stored again from its new offset (the unique key, or an
+    /// upsert's guard, decides what a second copy changes).
+    pub async fn reset_watermarks(&self, targets: &[(String, i32, i64)]) -> Result<(), SinkError> {
+        let Some(group) = &self.consumer_group else {
+            return Err(SinkError::permanent(
+                "resetting watermarks needs a consumer group (with_consumer_group)",
+            ));
+        };
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<Value> = Vec::with_capacity(targets.len() * 4);
+        for (t, p, next) in targets {
+            params.extend([
+                Value::from(&**group),
+                Value::from(t.as_str()),
+                Value::from(*p),
+                Value::from(*next),
+            ]);
+        }
+        let mut conn = self.begin().await?;
+        let write =
+            conn.exec_drop(sql::reset_offsets(&self.offsets_table, self.syntax, targets.len()), params);
+        match tokio::time::timeout(self.query_timeout, write).await {
+            Ok(done) => done.map_err(|e| classify("cannot reset offset watermarks", e)),
+            Err(_) => Err(self.abandon(conn, "resetting offset watermarks").await),
+        }
+    }
+
     /// Which of `records` to write: not already stored (below its partition's watermark, or in
     /// a stored range), and not a second copy of an offset earlier in the same batch (a
     /// partition re-read after an eager rebalance can put both copies in one batch). Also
