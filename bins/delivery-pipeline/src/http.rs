@@ -1,5 +1,7 @@
 //! The health and metrics endpoint of `delivery-pipeline run`: `/livez`, `/readyz`,
-//! `/metrics`. It serves counters and states only: never message content, never credentials.
+//! `/metrics`, and the admin endpoints `POST /admin/pause` and `POST /admin/resume` (off unless
+//! a token is configured; a bearer token). It serves counters and states only: never message
+//! content, never credentials.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,10 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use dp_pipeline::Readiness;
+use axum::routing::{get, post};
+use dp_core::Secret;
+use dp_pipeline::{PauseControl, Readiness};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global Prometheus recorder (histogram buckets sized for this pipeline), starts
@@ -45,13 +48,25 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 struct AppState {
     readiness: Readiness,
     metrics: PrometheusHandle,
+    admin: Option<Admin>,
 }
 
-/// Binds `address` now (so a taken port fails startup), then serves in the background.
+/// What the admin endpoints need: the token they require and the pipeline they pause.
+#[derive(Clone)]
+pub struct Admin {
+    /// The bearer token every admin request must carry.
+    pub token: Secret,
+    /// The running pipeline's pause switch.
+    pub pause: PauseControl,
+}
+
+/// Binds `address` now (so a taken port fails startup), then serves in the background. The
+/// admin endpoints answer only when `admin` is given.
 pub async fn serve(
     address: &str,
     readiness: Readiness,
     metrics: PrometheusHandle,
+    admin: Option<Admin>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -61,7 +76,9 @@ pub async fn serve(
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { readiness, metrics });
+        .route("/admin/pause", post(pause))
+        .route("/admin/resume", post(resume))
+        .with_state(AppState { readiness, metrics, admin });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http endpoint stopped");
@@ -78,6 +95,61 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{body}"))
         }
     }
+}
+
+async fn pause(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, HeaderMap, String) {
+    admin(&state, &headers, |pause| {
+        if pause.pause() {
+            tracing::warn!(
+                "paused by POST /admin/pause: the batch being written finishes, then nothing is consumed or written until POST /admin/resume"
+            );
+            "paused: the batch being written finishes, then nothing is consumed or written until POST /admin/resume\n"
+        } else {
+            "already paused\n"
+        }
+    })
+}
+
+async fn resume(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, HeaderMap, String) {
+    admin(&state, &headers, |pause| {
+        if pause.resume() {
+            tracing::warn!("resumed by POST /admin/resume");
+            "resumed\n"
+        } else {
+            "not paused\n"
+        }
+    })
+}
+
+/// Runs an admin action once the request carries the configured bearer token.
+fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: impl FnOnce(&PauseControl) -> &'static str,
+) -> (StatusCode, HeaderMap, String) {
+    let mut response = HeaderMap::new();
+    let Some(admin) = &state.admin else {
+        return (
+            StatusCode::NOT_FOUND,
+            response,
+            "admin endpoints are off: set http.admin_token_file to turn them on\n".to_owned(),
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same_secret(given.as_bytes(), admin.token.expose().as_bytes()) {
+        response.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return (StatusCode::UNAUTHORIZED, response, "a valid bearer token is required\n".to_owned());
+    }
+    (StatusCode::OK, response, action(&admin.pause).to_owned())
+}
+
+/// Compares two secrets in time that depends on their lengths only, not on where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -7,5 +7,6 @@ pub mod demo;
 pub mod dlq;
 pub mod events;
 pub mod http;
+pub mod offsets;
 pub mod produce;
 pub mod settings;

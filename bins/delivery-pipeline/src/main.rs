@@ -34,7 +34,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use delivery_pipeline::settings::LogFormat;
 use delivery_pipeline::settings::{self, Settings};
-use delivery_pipeline::{bench, demo, dlq, http, produce};
+use delivery_pipeline::{bench, demo, dlq, http, offsets, produce};
 use dp_buffer_redis::RedisBuffer;
 use dp_core::{Buffer, Sink};
 use dp_sink_mysql::MysqlSink;
@@ -119,6 +119,12 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Show where the consumer group stands on each partition, or move it (re-read a period,
+    /// skip one): Kafka's committed offsets and the MySQL watermarks together.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
     /// Inspect and replay the dead-letter table.
     Dlq {
         #[command(subcommand)]
@@ -156,6 +162,48 @@ enum DlqCommand {
         #[command(flatten)]
         filter: DlqFilter,
     },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Per partition: Kafka's committed offset, the MySQL watermark, the log start and end, and
+    /// the lag (a partition starts at the larger of committed offset and watermark).
+    Show {
+        #[command(flatten)]
+        selection: OffsetsSelection,
+        /// One JSON object per partition instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move Kafka's committed offsets and the MySQL watermarks of the group together, then
+    /// print what changed. Refused while the group has live members: stop every instance first.
+    Reset {
+        /// earliest, latest, an offset, or an RFC 3339 time (the first message at or after it;
+        /// the log end where there is none). An offset outside the log is moved into it.
+        #[arg(long)]
+        to: offsets::Target,
+        #[command(flatten)]
+        selection: OffsetsSelection,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct OffsetsSelection {
+    /// Only this topic (one of kafka.topics); all of them when unset.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+}
+
+impl From<OffsetsSelection> for offsets::Selection {
+    fn from(s: OffsetsSelection) -> Self {
+        Self { topic: s.topic, partition: s.partition }
+    }
 }
 
 #[derive(clap::Args)]
@@ -233,9 +281,19 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let pipeline = dp_assembly::build(&config).await?;
             // The endpoint stops (its task is aborted) when `run` returns.
             let _http = if settings.http.enabled {
+                let admin = settings
+                    .http
+                    .admin_token()
+                    .map_err(anyhow::Error::msg)?
+                    .map(|token| http::Admin { token, pause: pipeline.pause_control() });
+                let routes = if admin.is_some() {
+                    "/livez, /readyz, /metrics, POST /admin/pause and /admin/resume"
+                } else {
+                    "/livez, /readyz, /metrics"
+                };
                 let (address, task) =
-                    http::serve(&settings.http.address, pipeline.readiness(), metrics).await?;
-                tracing::info!(%address, "http endpoint listening (/livez, /readyz, /metrics)");
+                    http::serve(&settings.http.address, pipeline.readiness(), metrics, admin).await?;
+                tracing::info!(%address, routes, "http endpoint listening");
                 Some(tokio_util::task::AbortOnDropHandle::new(task))
             } else {
                 None
@@ -305,6 +363,22 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Bench { count, partitions, naive_sample, rate: None, .. } => {
             let report = bench::run(config, bench::BenchOptions { count, partitions, naive_sample }).await?;
             println!("\n{report}\n\nwritten to target/bench/e2e.json");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets { command: OffsetsCommand::Show { selection, json } } => {
+            let states = offsets::show(&config, &selection.into()).await?;
+            if json {
+                for s in &states {
+                    println!("{}", serde_json::to_string(s)?);
+                }
+            } else {
+                offsets::print_states(&config.kafka.group_id, &states);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets { command: OffsetsCommand::Reset { to, selection, dry_run } } => {
+            let changes = offsets::reset(&config, &selection.into(), to, dry_run).await?;
+            offsets::print_changes(&config.kafka.group_id, to, &changes, dry_run);
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::List { filter, json } } => {

@@ -1,7 +1,7 @@
 //! Loading the configuration: built-in defaults, then a TOML file, then `DP_` environment
 //! variables (`__` separates nesting: `DP_KAFKA__BROKERS` sets `kafka.brokers`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dp_assembly::Config;
 use figment::Figment;
@@ -22,7 +22,8 @@ pub struct Settings {
     pub http: HttpConfig,
 }
 
-/// The binary's HTTP endpoint (`[http]`, `DP_HTTP__*`): `/livez`, `/readyz`, `/metrics`.
+/// The binary's HTTP endpoint (`[http]`, `DP_HTTP__*`): `/livez`, `/readyz`, `/metrics`, and
+/// `POST /admin/pause` and `/admin/resume` when a token is configured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -30,11 +31,24 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// `host:port` to listen on; port 0 picks a free one (logged at startup).
     pub address: String,
+    /// A file holding the bearer token of the admin endpoints (a mounted Secret). Unset: the
+    /// admin endpoints are off.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { enabled: true, address: "0.0.0.0:9000".into() }
+        Self { enabled: true, address: "0.0.0.0:9000".into(), admin_token_file: None }
+    }
+}
+
+impl HttpConfig {
+    /// The admin token, read from `admin_token_file`; `None` when the admin endpoints are off.
+    pub fn admin_token(&self) -> Result<Option<dp_core::Secret>, String> {
+        self.admin_token_file
+            .as_deref()
+            .map(|path| dp_core::read_secret_file("http.admin_token_file", path))
+            .transpose()
     }
 }
 
@@ -116,6 +130,9 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
             "http.address: `{}` is not an IP address and port such as 0.0.0.0:9000",
             settings.http.address
         ));
+    }
+    if settings.http.enabled {
+        settings.http.admin_token()?;
     }
     Ok(settings)
 }

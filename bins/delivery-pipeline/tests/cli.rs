@@ -33,7 +33,7 @@ fn the_demo_delivers_every_event_and_leaves_redis_empty() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "migrate", "check-config", "produce", "demo"] {
+    for sub in ["run", "migrate", "check-config", "produce", "demo", "offsets", "dlq"] {
         let o = run(&[sub, "--help"], &[]);
         assert!(o.status.success(), "{sub} --help failed");
         assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: delivery-pipeline"), "{sub}");

@@ -701,10 +701,21 @@ pub fn http_address(log: &std::path::Path) -> Option<String> {
 
 /// A plain HTTP/1.1 GET: the status code and the body.
 pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(address, "GET", path, "")
+}
+
+/// A plain HTTP/1.1 POST without a body, with a bearer token when given: the status code and
+/// the body.
+pub fn http_post(address: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    http_request(address, "POST", path, &format!("{auth}Content-Length: 0\r\n"))
+}
+
+fn http_request(address: &str, method: &str, path: &str, headers: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(address)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Connection: close\r\n\r\n")?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
