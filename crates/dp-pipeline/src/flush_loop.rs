@@ -174,7 +174,7 @@ impl Pipeline {
         m::set(m::PAUSED, usize::from(paused));
         let stats = Arc::clone(&deliverer.stats);
         // The lease must stay alive through a long restore, or another instance adopts us.
-        let background = leases(&deliverer, buffer_config.max_rows);
+        let background = leases(&deliverer, buffer_config.max_rows, &pause);
         restore(&deliverer, buffer_config.max_rows).await?;
         PipelineStats::set(&stats.consuming, m::CONSUMING, 1);
         let mut write_ahead = WriteAhead::new(

@@ -899,7 +899,7 @@ async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_u
     sink.down.store(true, Ordering::Relaxed);
     let batching = BatchingConfig {
         max_rows: 10,
-        flush_interval: Duration::from_secs(1),
+        flush_interval: Duration::from_secs(3600),
         max_buffered_rows: Some(20),
         ..BatchingConfig::default()
     };
@@ -929,13 +929,22 @@ async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_u
             while sink2.written().is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            // Far past the flush interval: nothing more is written, nothing more is polled.
+            // Nothing more is written, nothing more is polled.
             let polled = source2.polls().len();
             tokio::time::sleep(Duration::from_secs(120)).await;
             assert_eq!(sink2.sizes(), vec![10], "only the batch in flight was written while paused");
             assert_eq!(source2.polls().len(), polled, "nothing is consumed while paused");
             assert!(control.resume());
-            while sink2.rows.lock().expect("lock").len() < 25 {
+            let resumed = tokio::time::Instant::now();
+            while sink2.rows.lock().expect("lock").len() < 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                resumed.elapsed() < Duration::from_secs(1),
+                "the batch that filled up while paused is written on resume, not at the interval"
+            );
+            // The last five are collected, and written by the drain.
+            while stats.snapshot().consumed < 25 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(readiness.check().is_ok(), "ready again once resumed");
@@ -944,4 +953,108 @@ async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_u
         .expect("runs");
     assert_eq!(summary.stats.inserted, 25);
     assert_eq!(source.acked(), (0..25).collect());
+}
+
+/// A buffer whose lease offers one orphan of three records, once.
+#[derive(Default)]
+struct OrphanOffering {
+    inner: MemBuffer,
+    offered: AtomicBool,
+}
+
+#[async_trait]
+impl Buffer for OrphanOffering {
+    async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError> {
+        self.inner.append(records).await
+    }
+    async fn remove(&self, keys: &[BufferKey]) -> Result<(), BufferError> {
+        self.inner.remove(keys).await
+    }
+    async fn restore(&self) -> Result<Vec<(BufferKey, Record)>, BufferError> {
+        self.inner.restore().await
+    }
+    fn leases(&self) -> Option<&dyn dp_core::Leases> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl dp_core::Leases for OrphanOffering {
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(100)
+    }
+    async fn heartbeat(&self) -> Result<(), BufferError> {
+        Ok(())
+    }
+    async fn claim_orphan(&self) -> Result<Option<dp_core::Orphan>, BufferError> {
+        if self.offered.swap(true, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let records = (100..103).map(|o| (BufferKey(format!("orphan-{o}")), rec(o))).collect();
+        Ok(Some(dp_core::Orphan { instance: "dead".into(), records }))
+    }
+    async fn release_orphan(&self, _: &str) -> Result<(), BufferError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_pipeline_adopts_no_orphan_until_resumed() {
+    let source = VecSource::default();
+    let buffer = Arc::new(OrphanOffering::default());
+    let sink = Arc::new(MemSink::default());
+    let p = Pipeline::new(
+        Box::new(source.clone()),
+        Arc::clone(&buffer) as Arc<dyn Buffer>,
+        Arc::clone(&sink) as Arc<dyn Sink>,
+        PipelineOptions::new().retry(retry()),
+    )
+    .expect("valid options");
+    let control = p.pause_control();
+    assert!(control.pause(), "paused before it runs");
+    let (sink2, buffer2) = (Arc::clone(&sink), Arc::clone(&buffer));
+    let summary = p
+        .run(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(!buffer2.offered.load(Ordering::SeqCst), "no orphan is claimed while paused");
+            assert!(sink2.written().is_empty(), "nothing is written while paused");
+            assert!(control.resume());
+            while sink2.rows.lock().expect("lock").len() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("runs");
+    assert_eq!(summary.stats.adopted, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_pipeline_with_room_and_a_due_interval_polls_and_writes_nothing() {
+    let source = VecSource::with(5);
+    let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
+    let p = pipeline(&source, &buffer, &sink, 10, Duration::from_secs(10));
+    let control = p.pause_control();
+    let stats = p.stats();
+    let (source2, sink2) = (source.clone(), Arc::clone(&sink));
+    let summary = p
+        .run(async move {
+            while stats.snapshot().consumed < 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(control.pause());
+            source2.queue.lock().expect("lock").extend((5..8).map(rec));
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(stats.snapshot().consumed, 5, "room for more, but nothing is polled while paused");
+            assert!(
+                sink2.written().is_empty(),
+                "past the flush interval, but nothing is written while paused"
+            );
+            assert!(control.resume());
+            while stats.snapshot().consumed < 8 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("runs");
+    assert_eq!(summary.stats.inserted, 8, "the drain writes what was collected");
 }

@@ -10,6 +10,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::deliver::Deliverer;
 use crate::flush_loop::PipelineError;
 use crate::metrics as m;
+use crate::pause::PauseControl;
 use crate::stats::PipelineStats;
 
 /// Delivers, before anything is consumed, every record an earlier run left in the buffer.
@@ -45,8 +46,14 @@ async fn deliver_held(
 }
 
 /// Starts the lease heartbeat and the adoption of orphaned buffers, for a buffer with leases.
-/// The tasks are aborted when the handles are dropped, so none outlives `run`, on any path.
-pub(crate) fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<AbortOnDropHandle<()>> {
+/// No orphan is claimed while `pause` says paused (a paused pipeline writes nothing); the
+/// heartbeat goes on. The tasks are aborted when the handles are dropped, so none outlives
+/// `run`, on any path.
+pub(crate) fn leases(
+    deliverer: &Arc<Deliverer>,
+    max_rows: usize,
+    pause: &PauseControl,
+) -> Vec<AbortOnDropHandle<()>> {
     let Some(every) = deliverer.buffer.leases().map(|l| l.heartbeat_interval()) else { return Vec::new() };
     let heart = Arc::clone(deliverer);
     let heartbeat = tokio::spawn(async move {
@@ -61,11 +68,15 @@ pub(crate) fn leases(deliverer: &Arc<Deliverer>, max_rows: usize) -> Vec<AbortOn
         }
     });
     let adopter = Arc::clone(deliverer);
+    let pause = pause.clone();
     let adoption = tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if pause.is_paused() {
+                continue;
+            }
             let Some(leases) = adopter.buffer.leases() else { return };
             match leases.claim_orphan().await {
                 Ok(Some(orphan)) => adopt(&adopter, orphan, max_rows).await,
