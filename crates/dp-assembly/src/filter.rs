@@ -17,15 +17,16 @@ use serde_json::Value;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// The reason in `dp_filtered_total{reason}`: 1-64 of `[a-z0-9_]`. `filter_<n>` (the
-    /// rule's place, from 1) by default.
+    /// The reason in `dp_filtered_total{reason}`: 1-64 of `[a-z0-9_]`, unique among the rules.
+    /// `filter_<i>` by default, `i` being the rule's index as in `filter[i]` (from 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Subject: the field of the JSON value at this pointer (`/type`, `/meta/env`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
-    /// Subject: the value of the header of this name, as UTF-8 text (the last one when the
-    /// record has several).
+    /// Subject: the header of this name: present or not (`exists`), and its value as UTF-8
+    /// text (the last one when the record has several; a value that is not UTF-8, or null,
+    /// never equals or matches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// Subject: the topic name.
@@ -95,8 +96,16 @@ impl Filters {
         if rules.is_empty() {
             return Ok(None);
         }
-        let rules =
+        let rules: Vec<Rule> =
             rules.iter().enumerate().map(|(i, rule)| Rule::compile(i, rule)).collect::<Result<_, _>>()?;
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(first) = rules[..i].iter().position(|r| r.reason == rule.reason) {
+                return Err(InvalidSetting::new(
+                    format!("filter[{i}].name"),
+                    format!("`{}` is also the name of filter[{first}]; each rule needs its own", rule.reason),
+                ));
+            }
+        }
         Ok(Some(Self { rules }))
     }
 }
@@ -116,16 +125,30 @@ impl Rule {
                 }
                 name.clone()
             }
-            None => format!("filter_{}", i + 1),
+            None => format!("filter_{i}"),
         };
-        let subjects = usize::from(rule.pointer.is_some())
-            + usize::from(rule.header.is_some())
-            + usize::from(rule.topic);
-        if subjects != 1 {
-            return Err(InvalidSetting::new(
-                key("pointer"),
-                "give exactly one subject: pointer = \"/field\", header = \"name\" or topic = true",
-            ));
+        let subjects: Vec<&str> = [
+            rule.pointer.is_some().then_some("pointer"),
+            rule.header.is_some().then_some("header"),
+            rule.topic.then_some("topic"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match subjects.as_slice() {
+            [_] => {}
+            [] => {
+                return Err(InvalidSetting::new(
+                    format!("filter[{i}]"),
+                    "give a subject: pointer = \"/field\", header = \"name\" or topic = true",
+                ));
+            }
+            [first, second, ..] => {
+                return Err(InvalidSetting::new(
+                    key(second),
+                    format!("give exactly one subject: {first} and {second} are both set"),
+                ));
+            }
         }
         let subject = match (&rule.pointer, &rule.header) {
             (Some(pointer), _) => {
@@ -142,15 +165,29 @@ impl Rule {
             (None, Some(header)) => Subject::Header(header.clone()),
             (None, None) => Subject::Topic,
         };
-        let tests = usize::from(rule.equals.is_some())
-            + usize::from(rule.one_of.is_some())
-            + usize::from(rule.exists.is_some())
-            + usize::from(rule.matches.is_some());
-        if tests != 1 {
-            return Err(InvalidSetting::new(
-                key("equals"),
-                "give exactly one test: equals, one_of, exists or matches",
-            ));
+        let tests: Vec<&str> = [
+            rule.equals.is_some().then_some("equals"),
+            rule.one_of.is_some().then_some("one_of"),
+            rule.exists.is_some().then_some("exists"),
+            rule.matches.is_some().then_some("matches"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match tests.as_slice() {
+            [_] => {}
+            [] => {
+                return Err(InvalidSetting::new(
+                    format!("filter[{i}]"),
+                    "give a test: equals, one_of, exists or matches",
+                ));
+            }
+            [first, second, ..] => {
+                return Err(InvalidSetting::new(
+                    key(second),
+                    format!("give exactly one test: {first} and {second} are both set"),
+                ));
+            }
         }
         let test = if let Some(value) = &rule.equals {
             Test::Equals(vec![value.clone()])
@@ -202,17 +239,15 @@ impl RecordFilter for Filters {
                     rule.test.on_json(value.pointer(pointer))
                 }
                 Subject::Header(name) => {
-                    let value = record
-                        .headers
-                        .iter()
-                        .rev()
-                        .find(|h| h.name == *name)
-                        .and_then(|h| h.value.as_deref());
-                    match value {
-                        Some(bytes) => {
-                            std::str::from_utf8(bytes).is_ok_and(|text| rule.test.on_text(Some(text)))
+                    let header = record.headers.iter().rev().find(|h| h.name == *name);
+                    match (&rule.test, header) {
+                        (Test::Exists(present), header) => header.is_some() == *present,
+                        (test, header) => {
+                            let text = header
+                                .and_then(|h| h.value.as_deref())
+                                .and_then(|v| std::str::from_utf8(v).ok());
+                            text.is_some() && test.on_text(text)
                         }
-                        None => rule.test.on_text(None),
                     }
                 }
                 Subject::Topic => rule.test.on_text(Some(&record.topic)),
@@ -310,11 +345,11 @@ mod tests {
         );
         assert_eq!(f.drop_reason(&record("t", r#"{"meta":{"test":true}}"#)), Some("test_events"));
         assert_eq!(f.drop_reason(&record("t", r#"{"meta":{"test":false}}"#)), None);
-        assert_eq!(f.drop_reason(&record("t", r#"{"status":"CANCELLED"}"#)), Some("filter_2"));
+        assert_eq!(f.drop_reason(&record("t", r#"{"status":"CANCELLED"}"#)), Some("filter_1"));
         assert_eq!(f.drop_reason(&record("t", r#"{"status":"DELIVERED"}"#)), None);
-        assert_eq!(f.drop_reason(&record("t", r#"{"carrier":"internal-qa"}"#)), Some("filter_3"));
+        assert_eq!(f.drop_reason(&record("t", r#"{"carrier":"internal-qa"}"#)), Some("filter_2"));
         assert_eq!(f.drop_reason(&record("t", r#"{"carrier":"dhl-internal-"}"#)), None);
-        assert_eq!(f.drop_reason(&record("t", r#"{"priority":2.0}"#)), Some("filter_4"), "numbers by value");
+        assert_eq!(f.drop_reason(&record("t", r#"{"priority":2.0}"#)), Some("filter_3"), "numbers by value");
         assert_eq!(f.drop_reason(&record("t", r#"{"priority":"2"}"#)), None, "a string is not a number");
         // The first rule that drops names the reason.
         assert_eq!(
@@ -351,7 +386,7 @@ mod tests {
         );
         assert_eq!(f.drop_reason(&record("t", "not json")), None);
         assert_eq!(f.drop_reason(&Record::new("t", 0, 0, None)), None, "a tombstone");
-        assert_eq!(f.drop_reason(&record("t", r#"{"type":"label"}"#)), Some("filter_1"));
+        assert_eq!(f.drop_reason(&record("t", r#"{"type":"label"}"#)), Some("filter_0"));
     }
 
     #[test]
@@ -384,6 +419,14 @@ mod tests {
             r
         };
         assert_eq!(f.drop_reason(&with("x-replay", b"1")), Some("replayed"));
+        assert_eq!(
+            f.drop_reason(&with("x-replay", &[0xff])),
+            Some("replayed"),
+            "present, whatever its value"
+        );
+        let mut null_valued = record("events", "{}");
+        null_valued.headers.push(Header { name: "x-replay".into(), value: None });
+        assert_eq!(f.drop_reason(&null_valued), Some("replayed"), "present with a null value");
         assert_eq!(f.drop_reason(&record("sandbox.events", "{}")), Some("sandbox"));
         assert_eq!(f.drop_reason(&with("source", b"scanner")), None, "the last header of a name counts");
         assert_eq!(f.drop_reason(&with("source", b"crm")), Some("other_source"));
@@ -398,11 +441,12 @@ mod tests {
     #[test]
     fn each_invalid_rule_names_its_key() {
         let cases = [
-            ("filter[0].pointer", "equals = 1\naction = \"drop\""),
-            ("filter[0].pointer", "pointer = \"/a\"\ntopic = true\nequals = 1\naction = \"drop\""),
+            ("filter[0]", "equals = 1\naction = \"drop\""),
+            ("filter[0].topic", "pointer = \"/a\"\ntopic = true\nequals = 1\naction = \"drop\""),
+            ("filter[0].topic", "header = \"h\"\ntopic = true\nequals = \"x\"\naction = \"drop\""),
             ("filter[0].pointer", "pointer = \"a\"\nequals = 1\naction = \"drop\""),
-            ("filter[0].equals", "pointer = \"/a\"\naction = \"drop\""),
-            ("filter[0].equals", "pointer = \"/a\"\nequals = 1\nexists = true\naction = \"drop\""),
+            ("filter[0]", "pointer = \"/a\"\naction = \"drop\""),
+            ("filter[0].exists", "pointer = \"/a\"\nequals = 1\nexists = true\naction = \"drop\""),
             ("filter[0].one_of", "pointer = \"/a\"\none_of = []\naction = \"drop\""),
             ("filter[0].matches", "pointer = \"/a\"\nmatches = \"(\"\naction = \"drop\""),
             ("filter[0].exists", "topic = true\nexists = true\naction = \"drop\""),
@@ -416,6 +460,21 @@ mod tests {
             let err = Filters::compile(&rules).expect_err(rule);
             assert_eq!(err.key, key, "{rule}: {err}");
         }
+    }
+
+    #[test]
+    fn two_rules_of_one_name_are_refused_defaults_included() {
+        let rule = |name: Option<&str>| FilterConfig {
+            name: name.map(str::to_owned),
+            topic: true,
+            equals: Some(Value::String("t".into())),
+            ..FilterConfig::default()
+        };
+        let err = Filters::compile(&[rule(Some("a")), rule(Some("a"))]).expect_err("same name");
+        assert_eq!(err.key, "filter[1].name");
+        let err = Filters::compile(&[rule(None), rule(Some("filter_0"))]).expect_err("a default's name");
+        assert_eq!(err.key, "filter[1].name");
+        assert!(Filters::compile(&[rule(None), rule(None)]).is_ok(), "defaults differ by index");
     }
 
     #[test]
