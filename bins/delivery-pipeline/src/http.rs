@@ -138,8 +138,9 @@ fn admin(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if !same_secret(given.as_bytes(), admin.token.expose().as_bytes()) {
         response.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return (StatusCode::UNAUTHORIZED, response, "a valid bearer token is required\n".to_owned());
@@ -147,11 +148,30 @@ fn admin(
     (StatusCode::OK, response, action(&admin.pause).to_owned())
 }
 
-/// Compares two secrets in time that depends on their lengths only, not on where they differ.
+/// Compares a given secret with the expected one in time that depends on the expected one's
+/// length only: not on where they differ, nor on the given one's length.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let differ = expected.iter().enumerate().fold(u8::from(given.len() != expected.len()), |acc, (i, e)| {
+        acc | (e ^ given.get(i).copied().unwrap_or(0))
+    });
+    differ == 0
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_are_equal_only_when_every_byte_and_the_length_are() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdeF", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcde", b"0123456789abcdef"), "a prefix");
+        assert!(!same_secret(b"0123456789abcdef0", b"0123456789abcdef"), "longer");
+        assert!(!same_secret(b"", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcde\0", b"0123456789abcde"), "a trailing zero byte");
+    }
 }

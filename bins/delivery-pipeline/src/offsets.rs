@@ -328,20 +328,7 @@ pub async fn reset(
             members.join(", ")
         );
     }
-    let changes: Vec<Change> = states
-        .into_iter()
-        .enumerate()
-        .map(|(i, before)| {
-            let wanted = match target {
-                Target::Earliest => before.log_start,
-                Target::Latest => before.log_end,
-                Target::Offset(o) => o,
-                Target::Time(_) => at.as_ref().and_then(|a| a.get(i).copied()).unwrap_or(before.log_end),
-            };
-            let to = wanted.clamp(before.log_start, before.log_end);
-            Change { clamped: (to != wanted).then_some(wanted), before, to }
-        })
-        .collect();
+    let changes = plan(states, target, at.as_deref())?;
     if dry_run || changes.is_empty() {
         return Ok(changes);
     }
@@ -350,15 +337,60 @@ pub async fn reset(
     // partition starts at the larger of the two: a rewind has not happened yet, a skip has;
     // nothing is lost either way, and the same reset run again finishes it.
     let changes2 = changes.clone();
-    tokio::task::spawn_blocking(move || kafka.commit(&changes2)).await.context("the Kafka task failed")??;
-    let sink = sink(config).await?;
+    let kafka = tokio::task::spawn_blocking(move || kafka.commit(&changes2).map(|()| kafka))
+        .await
+        .context("the Kafka task failed")??;
+    const HALF_DONE: &str =
+        "Kafka's committed offsets were reset but the MySQL watermarks were not; run the same reset again";
     let targets: Vec<(String, i32, i64)> =
         changes.iter().map(|c| (c.before.topic.clone(), c.before.partition, c.to)).collect();
+    let sink = sink(config).await.context(HALF_DONE)?;
     let written = sink.reset_watermarks(&targets).await;
-    sink.close().await?;
-    written.context(
-        "Kafka's committed offsets were reset but the MySQL watermarks were not; run the same reset again",
-    )?;
+    if let Err(e) = sink.close().await {
+        tracing::warn!(error = %e, "closing the mysql pool failed");
+    }
+    written.context(HALF_DONE)?;
+    // An instance that joined between the commit and the watermark may have read the old
+    // watermark and will raise it again with its first batch.
+    let joined =
+        tokio::task::spawn_blocking(move || kafka.members()).await.context("the Kafka task failed")??;
+    if !joined.is_empty() {
+        bail!(
+            "an instance joined group {} while the reset ran ({}); it may start from the old positions: stop it and run the same reset again",
+            config.kafka.group_id,
+            joined.join(", ")
+        );
+    }
+    Ok(changes)
+}
+
+/// Where each partition goes: `at` holds the offsets a time target found, per partition.
+fn plan(states: Vec<PartitionState>, target: Target, at: Option<&[i64]>) -> anyhow::Result<Vec<Change>> {
+    let mut changes = Vec::with_capacity(states.len());
+    for (i, before) in states.into_iter().enumerate() {
+        // A log end below the group's position is a broker answer not to trust (a truncated or
+        // recreated topic, or a broker that gets ListOffsets wrong): never move a group
+        // backwards on the strength of it.
+        let position = before.committed.max(before.watermark).unwrap_or(before.log_start);
+        if target == Target::Latest && position > before.log_end {
+            bail!(
+                "{}/{}: the broker reports log end {} below the group's position {position}; refusing to move the group backwards with --to latest",
+                before.topic,
+                before.partition,
+                before.log_end
+            );
+        }
+        let end = before.log_end.max(position);
+        let start = before.log_start.min(end);
+        let wanted = match target {
+            Target::Earliest => start,
+            Target::Latest => end,
+            Target::Offset(o) => o,
+            Target::Time(_) => at.and_then(|a| a.get(i).copied()).unwrap_or(end),
+        };
+        let to = wanted.clamp(start, end);
+        changes.push(Change { clamped: (to != wanted).then_some(wanted), before, to });
+    }
     Ok(changes)
 }
 
@@ -444,6 +476,35 @@ mod tests {
         assert!("-1".parse::<Target>().is_err());
         assert!("yesterday".parse::<Target>().expect_err("not a target").contains("RFC 3339"));
         assert_eq!(Target::Time(1_796_637_600_000).to_string(), "2026-12-07T10:00:00Z");
+    }
+
+    fn state(committed: Option<i64>, watermark: Option<i64>, log_start: i64, log_end: i64) -> PartitionState {
+        PartitionState { topic: "t".into(), partition: 0, committed, watermark, log_start, log_end }
+    }
+
+    #[test]
+    fn a_plan_moves_into_the_log_and_never_backwards_on_a_log_end_below_the_group() {
+        let to = |target, s: PartitionState, at: Option<&[i64]>| {
+            plan(vec![s], target, at).map(|c| (c[0].to, c[0].clamped))
+        };
+        let s = || state(Some(50), Some(60), 10, 100);
+        assert_eq!(to(Target::Earliest, s(), None).ok(), Some((10, None)));
+        assert_eq!(to(Target::Latest, s(), None).ok(), Some((100, None)));
+        assert_eq!(to(Target::Offset(5), s(), None).ok(), Some((10, Some(5))), "below the log start");
+        assert_eq!(to(Target::Offset(500), s(), None).ok(), Some((100, Some(500))), "past the log end");
+        assert_eq!(to(Target::Time(0), s(), Some(&[42])).ok(), Some((42, None)));
+        assert_eq!(to(Target::Time(0), s(), None).ok(), Some((100, None)), "no message that late: the end");
+        // A broker answering a log end below the group's position (tansu does).
+        let wrong = || state(Some(488), Some(488), 0, 289);
+        assert!(to(Target::Latest, wrong(), None).is_err(), "never backwards with --to latest");
+        assert_eq!(to(Target::Time(0), wrong(), Some(&[288])).ok(), Some((288, None)));
+        assert_eq!(
+            to(Target::Offset(400), wrong(), None).ok(),
+            Some((400, None)),
+            "up to the group's position"
+        );
+        // A log start above the log end must not panic.
+        assert_eq!(to(Target::Earliest, state(None, None, 20, 10), None).ok(), Some((20, None)));
     }
 
     #[test]

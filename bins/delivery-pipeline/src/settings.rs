@@ -43,12 +43,22 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// The admin token, read from `admin_token_file`; `None` when the admin endpoints are off.
+    /// The admin token, read from `admin_token_file`: at least 16 characters, no whitespace.
+    /// `None` when the admin endpoints are off.
     pub fn admin_token(&self) -> Result<Option<dp_core::Secret>, String> {
-        self.admin_token_file
-            .as_deref()
-            .map(|path| dp_core::read_secret_file("http.admin_token_file", path))
-            .transpose()
+        let Some(path) = self.admin_token_file.as_deref() else { return Ok(None) };
+        if !self.enabled {
+            return Err("http.admin_token_file: set, but http.enabled = false serves no endpoint".into());
+        }
+        let token = dp_core::read_secret_file("http.admin_token_file", path)?;
+        let text = token.expose();
+        if text.chars().count() < 16 || text.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "http.admin_token_file: the token in {} must be at least 16 characters without whitespace (e.g. `openssl rand -hex 24`)",
+                path.display()
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -131,9 +141,7 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, S
             settings.http.address
         ));
     }
-    if settings.http.enabled {
-        settings.http.admin_token()?;
-    }
+    settings.http.admin_token()?;
     Ok(settings)
 }
 
@@ -376,5 +384,30 @@ mod tests {
         assert!(e.starts_with("instance_idd: unknown field"), "{e}");
         let e = load(None, &env(&[("DP_BOGUS", "1")])).expect_err("unknown variable");
         assert!(e.starts_with("bogus: unknown field (from DP_BOGUS)"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_token_file_must_exist_hold_a_long_token_and_serve_an_endpoint() {
+        let token = |text: &str| {
+            let mut f = tempfile::NamedTempFile::new().expect("tmp");
+            write!(f, "{text}").expect("write");
+            f
+        };
+        let good = token("0123456789abcdef0123\n");
+        let path = good.path().to_str().expect("UTF-8").to_owned();
+        let s = load(None, &env(&[("DP_HTTP__ADMIN_TOKEN_FILE", &path)])).expect("loads");
+        let read = s.http.admin_token().expect("readable").expect("on");
+        assert_eq!(read.expose(), "0123456789abcdef0123", "one trailing newline dropped");
+        let off = load(None, &env(&[("DP_HTTP__ADMIN_TOKEN_FILE", &path), ("DP_HTTP__ENABLED", "false")]));
+        assert!(off.expect_err("no endpoint").starts_with("http.admin_token_file: set, but"));
+        for bad in ["short", "0123456789 abcdef0123", "\n\n"] {
+            let f = token(bad);
+            let e = load(None, &env(&[("DP_HTTP__ADMIN_TOKEN_FILE", f.path().to_str().expect("UTF-8"))]))
+                .expect_err(bad);
+            assert!(e.starts_with("http.admin_token_file:"), "{bad:?}: {e}");
+        }
+        let e =
+            load(None, &env(&[("DP_HTTP__ADMIN_TOKEN_FILE", "/nonexistent/token")])).expect_err("missing");
+        assert!(e.starts_with("http.admin_token_file: cannot read /nonexistent/token"), "{e}");
     }
 }

@@ -139,7 +139,7 @@ async fn filters_drop_exactly_what_they_name_count_it_per_reason_and_commit_past
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_consumes_and_writes_nothing_stays_in_its_group_and_resumes() {
-    const TOKEN: &str = "s3cret-token";
+    const TOKEN: &str = "s3cret-token-0123456789ab";
     let env = TestEnv::new("pause");
     env.create_topic(PARTITIONS).await;
     let token_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.token", env.name));
@@ -159,7 +159,8 @@ async fn a_paused_instance_consumes_and_writes_nothing_stays_in_its_group_and_re
     })
     .await;
 
-    for token in [None, Some("wrong"), Some("s3cret-tokem")] {
+    for token in [None, Some("wrong"), Some("s3cret-token-0123456789aB"), Some("s3cret-token-0123456789ab0")]
+    {
         let (code, _) = http_post(&address, "/admin/pause", token).expect("post");
         assert_eq!(code, 401, "token {token:?}");
     }
