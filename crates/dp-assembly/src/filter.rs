@@ -127,29 +127,12 @@ impl Rule {
             }
             None => format!("filter_{i}"),
         };
-        let subjects: Vec<&str> = [
-            rule.pointer.is_some().then_some("pointer"),
-            rule.header.is_some().then_some("header"),
-            rule.topic.then_some("topic"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        match subjects.as_slice() {
-            [_] => {}
-            [] => {
-                return Err(InvalidSetting::new(
-                    format!("filter[{i}]"),
-                    "give a subject: pointer = \"/field\", header = \"name\" or topic = true",
-                ));
-            }
-            [first, second, ..] => {
-                return Err(InvalidSetting::new(
-                    key(second),
-                    format!("give exactly one subject: {first} and {second} are both set"),
-                ));
-            }
-        }
+        exactly_one(
+            i,
+            "subject",
+            "pointer = \"/field\", header = \"name\" or topic = true",
+            [("pointer", rule.pointer.is_some()), ("header", rule.header.is_some()), ("topic", rule.topic)],
+        )?;
         let subject = match (&rule.pointer, &rule.header) {
             (Some(pointer), _) => {
                 if !(pointer.is_empty() || pointer.starts_with('/')) {
@@ -165,30 +148,17 @@ impl Rule {
             (None, Some(header)) => Subject::Header(header.clone()),
             (None, None) => Subject::Topic,
         };
-        let tests: Vec<&str> = [
-            rule.equals.is_some().then_some("equals"),
-            rule.one_of.is_some().then_some("one_of"),
-            rule.exists.is_some().then_some("exists"),
-            rule.matches.is_some().then_some("matches"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        match tests.as_slice() {
-            [_] => {}
-            [] => {
-                return Err(InvalidSetting::new(
-                    format!("filter[{i}]"),
-                    "give a test: equals, one_of, exists or matches",
-                ));
-            }
-            [first, second, ..] => {
-                return Err(InvalidSetting::new(
-                    key(second),
-                    format!("give exactly one test: {first} and {second} are both set"),
-                ));
-            }
-        }
+        exactly_one(
+            i,
+            "test",
+            "equals, one_of, exists or matches",
+            [
+                ("equals", rule.equals.is_some()),
+                ("one_of", rule.one_of.is_some()),
+                ("exists", rule.exists.is_some()),
+                ("matches", rule.matches.is_some()),
+            ],
+        )?;
         let test = if let Some(value) = &rule.equals {
             Test::Equals(vec![value.clone()])
         } else if let Some(values) = &rule.one_of {
@@ -221,6 +191,25 @@ impl Rule {
             ));
         }
         Ok(Self { reason, subject, test, action: rule.action })
+    }
+}
+
+/// Checks that exactly one of the `keys` of rule `i` is set: none names the rule, two name
+/// the second.
+fn exactly_one<const N: usize>(
+    i: usize,
+    what: &str,
+    choices: &str,
+    keys: [(&str, bool); N],
+) -> Result<(), InvalidSetting> {
+    let set: Vec<&str> = keys.iter().filter(|(_, on)| *on).map(|(key, _)| *key).collect();
+    match set.as_slice() {
+        [_] => Ok(()),
+        [] => Err(InvalidSetting::new(format!("filter[{i}]"), format!("give a {what}: {choices}"))),
+        [first, second, ..] => Err(InvalidSetting::new(
+            format!("filter[{i}].{second}"),
+            format!("give exactly one {what}: {first} and {second} are both set"),
+        )),
     }
 }
 
