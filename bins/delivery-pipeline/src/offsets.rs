@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dp_assembly::Config;
+use dp_assembly::{CommitPolicy, Config};
 use dp_core::Sink;
 use dp_sink_mysql::MysqlSink;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -327,6 +327,17 @@ pub async fn reset(
             members.len(),
             members.join(", ")
         );
+    }
+    // Under after_sink, records a killed instance left in Redis are written at the next start
+    // before any partition is read, and raise the watermark past the new position.
+    if config.commit_policy == CommitPolicy::AfterSink {
+        let buffered = dp_buffer_redis::RedisBuffer::buffered_by_anyone(&config.redis).await?;
+        if buffered > 0 {
+            bail!(
+                "redis holds {buffered} buffered record(s) under {}:buffer:* (an instance was killed rather than stopped, or still runs); the next start would write them before reading and raise the watermark past the reset: start the group once so they are written, stop it, then reset",
+                config.redis.key_prefix
+            );
+        }
     }
     let changes = plan(states, target, at.as_deref())?;
     if dry_run || changes.is_empty() {

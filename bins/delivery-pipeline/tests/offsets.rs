@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{TestEnv, as_set, sigterm, wait_for};
+use fred::prelude::*;
 use mysql_async::prelude::Queryable;
 
 const PARTITIONS: i32 = 2;
@@ -80,6 +81,17 @@ async fn a_deleted_period_is_reingested_by_resetting_the_group_to_a_time() {
     let ids = period.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",");
     c.query_drop(format!("DELETE FROM `{}` WHERE event_id IN ({ids})", env.table)).await.expect("delete");
     assert_eq!(env.row_count().await, 600);
+
+    // A killed instance's record left in Redis would be written, and raise the watermark past
+    // the reset, at the next start: the reset is refused while Redis holds one.
+    let redis = env.redis().await;
+    let leftover = format!("{}:buffer:killed-pod:0193a5b0-7c1e-7d2a-9f3b-1c2d3e4f5a6b", env.key_prefix);
+    let () = redis.set(&leftover, "x", None, None, false).await.expect("set a leftover key");
+    let refused = cli(&env, &["offsets", "reset", "--to", &cut]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("redis holds 1 buffered record"), "{}", text(&refused));
+    assert_eq!(show(&env), settled, "a refused reset changes nothing");
+    let _: i64 = redis.del(&leftover).await.expect("delete the leftover key");
 
     let dry = cli(&env, &["offsets", "reset", "--to", &cut, "--dry-run"]);
     assert!(dry.status.success() && text(&dry).contains("dry run"), "{}", text(&dry));

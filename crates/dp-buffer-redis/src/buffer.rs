@@ -65,42 +65,7 @@ impl RedisBuffer {
         if !is_key_segment(instance_id) {
             return Err(RedisBufferError::InstanceId(instance_id.to_owned()));
         }
-        let url = config.url.redacted();
-        let mut cfg = Config::from_url(config.url.expose())
-            .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
-        config.apply_topology(&mut cfg);
-        config.apply_security(&mut cfg)?;
-        let client = Builder::from_config(cfg)
-            .with_connection_config(|c| {
-                c.connection_timeout = config.connect_timeout;
-                c.internal_command_timeout = config.command_timeout;
-                // A connection that stops answering (a silent path: no data, no FIN, no RST) is
-                // closed and made again, instead of failing every command for ever; commands
-                // that already timed out were answered with an error and are never sent again.
-                c.unresponsive.max_timeout = Some(config.command_timeout);
-                c.unresponsive.interval = (config.command_timeout / 4).max(Duration::from_millis(100));
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = config.command_timeout;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()
-            .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
-        let connect = async {
-            client.init().await?;
-            client.ping::<()>(None).await
-        };
-        match tokio::time::timeout(config.connect_timeout, connect).await {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(connect_error(url, source)),
-            Err(_) => {
-                let _ = client.quit().await;
-                return Err(connect_error(
-                    url,
-                    fred::error::Error::new(fred::error::ErrorKind::Timeout, "connection timed out"),
-                ));
-            }
-        }
+        let client = connect_client(config).await?;
         let buffer = Self {
             client,
             instance_id: instance_id.to_owned(),
@@ -123,6 +88,66 @@ impl RedisBuffer {
         Ok(buffer)
     }
 
+    /// How many write-ahead keys every instance under `redis.key_prefix` holds now, both key
+    /// forms, on every primary of a cluster: records buffered by instances that were killed
+    /// (or still run), which the next start of the group writes before reading any partition.
+    /// Connects without registering an instance or taking a lease.
+    pub async fn buffered_by_anyone(config: &RedisBufferConfig) -> Result<usize, RedisBufferError> {
+        use futures::TryStreamExt as _;
+        let client = connect_client(config).await?;
+        let pattern = format!("{}:buffer:*", config.key_prefix);
+        let found: Result<Vec<fred::types::Key>, fred::error::Error> = if config.mode == RedisMode::Cluster {
+            client.scan_cluster_buffered(pattern, Some(1000), None).try_collect().await
+        } else {
+            client.scan_buffered(pattern, Some(1000), None).try_collect().await
+        };
+        let _ = client.quit().await;
+        found.map(|keys| keys.len()).map_err(|source| connect_error(config.url.redacted(), source))
+    }
+}
+
+/// A client of the configured Redis, connected and answering a ping within `connect_timeout`.
+async fn connect_client(config: &RedisBufferConfig) -> Result<Client, RedisBufferError> {
+    let url = config.url.redacted();
+    let mut cfg = Config::from_url(config.url.expose())
+        .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
+    config.apply_topology(&mut cfg);
+    config.apply_security(&mut cfg)?;
+    let client = Builder::from_config(cfg)
+        .with_connection_config(|c| {
+            c.connection_timeout = config.connect_timeout;
+            c.internal_command_timeout = config.command_timeout;
+            // A connection that stops answering (a silent path: no data, no FIN, no RST) is
+            // closed and made again, instead of failing every command for ever; commands
+            // that already timed out were answered with an error and are never sent again.
+            c.unresponsive.max_timeout = Some(config.command_timeout);
+            c.unresponsive.interval = (config.command_timeout / 4).max(Duration::from_millis(100));
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = config.command_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(|source| RedisBufferError::Config { url: url.clone(), source })?;
+    let connect = async {
+        client.init().await?;
+        client.ping::<()>(None).await
+    };
+    match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(connect_error(url, source)),
+        Err(_) => {
+            let _ = client.quit().await;
+            return Err(connect_error(
+                url,
+                fred::error::Error::new(fred::error::ErrorKind::Timeout, "connection timed out"),
+            ));
+        }
+    }
+    Ok(client)
+}
+
+impl RedisBuffer {
     /// The underlying client, for callers that need other commands (tests, health checks).
     pub fn client(&self) -> &Client {
         &self.client
