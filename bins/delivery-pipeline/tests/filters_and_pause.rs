@@ -203,3 +203,62 @@ async fn a_paused_instance_consumes_and_writes_nothing_stays_in_its_group_and_re
     env.assert_stored_once(&produced.into_iter().collect()).await;
     env.drop_tables().await;
 }
+
+/// Under `after_buffer` the sink records exactly the offsets it stored: the offsets a filter
+/// dropped are counted with the next kept record of their partition, so each partition's
+/// stored ranges fold into one watermark at its end, with no gap left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_after_buffer_dropped_offsets_fold_into_the_watermark() {
+    const TOTAL: usize = 1_001;
+    let env = TestEnv::new("filters_ab");
+    env.create_topic(2).await;
+    let p = producer(KAFKA).expect("producer");
+    let mut sends = Vec::new();
+    let (mut ends, mut kept) = ([0i64; 2], 0u64);
+    for i in 0..TOTAL {
+        // Every third record from the third on is dropped; each partition's first and last
+        // records are kept, so nothing before or after a drop is missing.
+        let drop = i % 3 == 2;
+        kept += u64::from(!drop);
+        let payload = format!(
+            r#"{{"event_id":"ab-{i}","tracking_id":"TRK{i}","status":"S","event_time":"2026-12-07T10:00:00Z","drop":{drop}}}"#
+        );
+        let partition = (i % 2) as i32;
+        ends[partition as usize] += 1;
+        sends.push(
+            p.send_result(FutureRecord::<str, str>::to(&env.topic).payload(&payload).partition(partition))
+                .expect("enqueue"),
+        );
+    }
+    for s in sends {
+        s.await.expect("delivery").expect("acked");
+    }
+    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.toml", env.name));
+    std::fs::write(
+        &config,
+        "[[filter]]\nname = \"marked\"\npointer = \"/drop\"\nequals = true\naction = \"drop\"\n",
+    )
+    .expect("write the config file");
+    let mut child = env.spawn(
+        &["--config", config.to_str().expect("UTF-8 path"), "run"],
+        &[("DP_COMMIT_POLICY", "after_buffer"), ("DP_ALLOW_VOLATILE_BUFFER", "true")],
+    );
+    wait_for(
+        &format!("the kept records stored; log: {}", env.log_path().display()),
+        Duration::from_secs(60),
+        || async { env.rows_so_far().await == kept },
+    )
+    .await;
+    assert!(sigterm(&mut child, Duration::from_secs(25)).success());
+    let marks = env.watermarks().await;
+    assert_eq!(marks, BTreeMap::from([(0, ends[0]), (1, ends[1])]), "each watermark at its partition's end");
+    let gaps = env
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM pipeline_offsets WHERE consumer_group = '{}' AND stored_ranges IS NOT NULL AND stored_ranges <> ''",
+            env.group
+        ))
+        .await;
+    assert_eq!(gaps, 0, "no range left above a watermark");
+    assert_eq!(env.row_count().await, kept);
+    env.drop_tables().await;
+}
