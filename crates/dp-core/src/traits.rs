@@ -176,6 +176,9 @@ pub struct BatchOutcome {
     pub inserted: usize,
     /// Records that replaced an existing row's values (an upsert that won).
     pub updated: usize,
+    /// Records that removed a row, or marked it deleted: a tombstone under
+    /// `write.delete = "tombstone"`.
+    pub deleted: usize,
     /// Records that changed nothing: already stored (redelivery, restore, a producer
     /// duplicate), or an upsert that lost to a newer row or to a later record of its batch.
     pub duplicates: usize,
@@ -191,6 +194,7 @@ impl std::ops::AddAssign for BatchOutcome {
     fn add_assign(&mut self, o: Self) {
         self.inserted += o.inserted;
         self.updated += o.updated;
+        self.deleted += o.deleted;
         self.duplicates += o.duplicates;
         self.dead_lettered += o.dead_lettered;
         for (class, n) in o.dead_letter_classes {
@@ -215,7 +219,7 @@ impl BatchOutcome {
 
     /// Every record accounted for.
     pub fn total(&self) -> usize {
-        self.inserted + self.updated + self.duplicates + self.dead_lettered
+        self.inserted + self.updated + self.deleted + self.duplicates + self.dead_lettered
     }
 }
 

@@ -73,6 +73,7 @@ impl Deliverer {
         let outcome = self.write(&batch.records).await?;
         PipelineStats::add(&self.stats.inserted, m::INSERTED, outcome.inserted);
         PipelineStats::add(&self.stats.updated, m::UPDATED, outcome.updated);
+        PipelineStats::add(&self.stats.deleted, m::DELETED, outcome.deleted);
         PipelineStats::add(&self.stats.duplicates, m::DUPLICATES, outcome.duplicates);
         PipelineStats::bump(&self.stats.dead_lettered, outcome.dead_lettered);
         PipelineStats::bump(&self.stats.batches, 1);

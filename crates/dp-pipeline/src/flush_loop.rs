@@ -398,6 +398,7 @@ fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Deliver
         rows = batch.records.len(),
         inserted = outcome.inserted,
         updated = outcome.updated,
+        deleted = outcome.deleted,
         duplicates = outcome.duplicates,
         dead_lettered = outcome.dead_lettered,
         elapsed_ms = elapsed.as_millis() as u64,

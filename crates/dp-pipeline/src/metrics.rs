@@ -14,6 +14,8 @@ pub const CONSUMED: &str = "dp_messages_consumed_total";
 pub const INSERTED: &str = "dp_rows_inserted_total";
 /// Rows updated by an upsert that won (`write.mode = "upsert"`).
 pub const UPDATED: &str = "dp_rows_updated_total";
+/// Rows deleted, or marked deleted, by a tombstone (`write.delete = "tombstone"`).
+pub const DELETED: &str = "dp_rows_deleted_total";
 /// Messages found already stored (redelivery, restore, producer duplicate).
 pub const DUPLICATES: &str = "dp_rows_duplicate_total";
 /// Messages dead-lettered by the runtime after the sink refused them (`class="sink_rejected"`);
@@ -69,6 +71,7 @@ pub fn describe() {
     describe_counter!(CONSUMED, Unit::Count, "Messages received from Kafka, by topic and partition.");
     describe_counter!(INSERTED, Unit::Count, "Rows newly written to MySQL.");
     describe_counter!(UPDATED, Unit::Count, "Existing rows updated by an upsert that won.");
+    describe_counter!(DELETED, Unit::Count, "Rows deleted, or marked deleted, by a tombstone.");
     describe_counter!(
         DUPLICATES,
         Unit::Count,

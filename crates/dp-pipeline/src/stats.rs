@@ -12,6 +12,8 @@ pub struct PipelineStats {
     pub inserted: AtomicU64,
     /// Existing rows updated by the sink (upserts that won).
     pub updated: AtomicU64,
+    /// Rows deleted, or marked deleted, by tombstones.
+    pub deleted: AtomicU64,
     /// Records the sink found already stored.
     pub duplicates: AtomicU64,
     /// Records dead-lettered.
@@ -59,6 +61,8 @@ pub struct StatsSnapshot {
     pub inserted: u64,
     /// See [`PipelineStats::updated`].
     pub updated: u64,
+    /// See [`PipelineStats::deleted`].
+    pub deleted: u64,
     /// See [`PipelineStats::duplicates`].
     pub duplicates: u64,
     /// See [`PipelineStats::dead_lettered`].
@@ -94,6 +98,7 @@ impl PipelineStats {
             consumed: self.consumed.load(Relaxed),
             inserted: self.inserted.load(Relaxed),
             updated: self.updated.load(Relaxed),
+            deleted: self.deleted.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
@@ -129,9 +134,9 @@ impl PipelineStats {
 }
 
 impl StatsSnapshot {
-    /// Records done with: stored, updated, found already present or dead-lettered by the
-    /// sink, or dropped by the filter.
+    /// Records done with: stored, updated, deleting, found already present or dead-lettered
+    /// by the sink, or dropped by the filter.
     pub fn delivered(&self) -> u64 {
-        self.inserted + self.updated + self.duplicates + self.dead_lettered + self.filtered
+        self.inserted + self.updated + self.deleted + self.duplicates + self.dead_lettered + self.filtered
     }
 }

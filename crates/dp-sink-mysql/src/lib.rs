@@ -50,6 +50,8 @@ pub(crate) type StatementCache = HashMap<(Target, usize), Arc<str>>;
 enum Target {
     /// The table at this position of `MysqlSink::tables`.
     Table(usize),
+    /// Deletes from the table at this position of `MysqlSink::tables`.
+    Deletes(usize),
     /// The dead-letter table.
     DeadLetters,
 }

@@ -128,8 +128,23 @@ pub(crate) fn mismatches(
             }
         }
     }
+    if let Some(d) = mapping.soft_delete_column() {
+        match live.iter().find(|l| l.name.eq_ignore_ascii_case(d)) {
+            None => out.push(format!(
+                "{at}.write.soft_delete_column: the table has no column `{d}` (add it as DATETIME(3) NULL)"
+            )),
+            Some(l) if !matches!(l.data_type.as_str(), "datetime" | "timestamp") || !l.nullable => out.push(format!(
+                "{at}.write.soft_delete_column: the table's column `{d}` is {}{}; it must be a nullable DATETIME(3)",
+                l.column_type,
+                if l.nullable { "" } else { " NOT NULL" }
+            )),
+            Some(_) => {}
+        }
+    }
     for l in live {
-        if !l.nullable
+        let soft = mapping.soft_delete_column().is_some_and(|d| d.eq_ignore_ascii_case(&l.name));
+        if !soft
+            && !l.nullable
             && !l.fills_itself
             && !mapping.columns.iter().any(|c| c.name.eq_ignore_ascii_case(&l.name))
         {

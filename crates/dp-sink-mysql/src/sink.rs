@@ -24,11 +24,11 @@ use mysql_async::prelude::*;
 use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 
 use crate::fault::classify;
-use crate::mapping::{ColumnMapping, DateTimeParts, WriteMode};
+use crate::mapping::{DateTimeParts, Delete, Op, Round, WriteMode};
 
-/// A record's table (its position in `MysqlSink::tables`) and its row's values there, or why
-/// it has none.
-pub(crate) type Mapped = (usize, Result<Vec<Value>, Rejection>);
+/// A record's table (its position in `MysqlSink::tables`) and what it does there (a row to
+/// write, a row to delete), or why it can do nothing.
+pub(crate) type Mapped = (usize, Result<Op, Rejection>);
 
 impl MysqlSink {
     /// Connects, reads `max_allowed_packet`, and creates the tables when configured to.
@@ -188,6 +188,13 @@ impl MysqlSink {
             Arc::from(match target {
                 Target::DeadLetters => sql::insert_dead_letters(&self.dead_letter_table, self.syntax, rows),
                 Target::Table(i) => self.tables[i].mapping.statement(&self.tables[i].name, self.syntax, rows),
+                Target::Deletes(i) => {
+                    let m = &self.tables[i].mapping;
+                    let key: Vec<&sql::Ident> = m.key.iter().map(|&k| &m.idents[k]).collect();
+                    let guard = m.guard.map(|g| &m.idents[g]);
+                    let soft = m.deletes.as_ref().and_then(|d| d.soft.as_ref());
+                    sql::delete_rows(&self.tables[i].name, &key, guard, soft, rows)
+                }
             })
         }))
     }
@@ -236,11 +243,55 @@ impl MysqlSink {
         Ok(outcome)
     }
 
-    /// The table `record` goes to, and its row there (or why it has none).
+    /// Deletes (or marks deleted) the rows `deletes` name in table `index`; returns how many
+    /// the server found to change.
+    pub(crate) async fn delete_rows(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        index: usize,
+        deletes: Vec<Delete>,
+    ) -> Result<BatchOutcome, SinkError> {
+        let table = &self.tables[index];
+        let soft = table.mapping.soft_delete_column().is_some();
+        let guarded = table.mapping.guard.is_some();
+        let per_row =
+            table.mapping.key.len() * (1 + usize::from(soft)) + usize::from(guarded) + usize::from(soft);
+        let plan = sql::plan_statements(
+            deletes.iter().map(|d| row_bytes(&d.key)),
+            per_row,
+            usize::MAX,
+            self.max_statement_bytes,
+        );
+        let mut deletes = deletes.into_iter();
+        let mut outcome = BatchOutcome::default();
+        for range in plan {
+            let n = range.len();
+            let chunk: Vec<Delete> = deletes.by_ref().take(n).collect();
+            let mut params = Vec::with_capacity(n * per_row);
+            if soft {
+                for d in &chunk {
+                    params.extend(d.key.iter().cloned());
+                    params.push(d.at.clone());
+                }
+            }
+            for d in chunk {
+                params.extend(d.key);
+                params.extend(d.guard.filter(|_| guarded));
+            }
+            let stmt = self.statement(Target::Deletes(index), n);
+            tx.exec_drop(&*stmt, params)
+                .await
+                .map_err(|e| classify(&format!("delete from {} failed", table.name), e))?;
+            outcome.deleted += tx.affected_rows() as usize;
+        }
+        Ok(outcome)
+    }
+
+    /// The table `record` goes to, and what it does there (or why it can do nothing).
     pub(crate) fn map(&self, record: &Record, now: time::OffsetDateTime) -> Mapped {
         let index =
             if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) };
-        (index, self.tables[index].mapping.map(record, now))
+        (index, self.tables[index].mapping.map_op(record, now))
     }
 
     /// A connection for one call, within `connect_timeout`, with the session settings applied.
@@ -311,14 +362,14 @@ impl MysqlSink {
             .await
             .map_err(|e| classify("cannot start a transaction", e))?;
         let (keep, marks) = self.fresh_records(&mut tx, records).await?;
-        let mut per_table: Vec<Vec<Vec<Value>>> = (0..self.tables.len()).map(|_| Vec::new()).collect();
+        let mut per_table: Vec<Vec<Op>> = (0..self.tables.len()).map(|_| Vec::new()).collect();
         let mut rejected = Vec::new();
         for ((r, (table, m)), keep) in records.iter().zip(mapped).zip(keep) {
             if !keep {
                 continue;
             }
             match m {
-                Ok(row) => per_table[table].push(row),
+                Ok(op) => per_table[table].push(op),
                 Err(rej) => rejected.push(DeadLetter {
                     record: r.clone(),
                     error_class: rej.class.to_owned(),
@@ -329,13 +380,27 @@ impl MysqlSink {
             }
         }
         let mut outcome = BatchOutcome::default();
-        for (index, rows) in per_table.into_iter().enumerate() {
-            if rows.is_empty() {
+        for (index, ops) in per_table.into_iter().enumerate() {
+            if ops.is_empty() {
                 continue;
             }
             let m = &self.tables[index].mapping;
-            let rows = if m.mode == WriteMode::Upsert { winners(m, rows) } else { rows };
-            outcome += self.write_rows(&mut tx, index, rows).await?;
+            let rounds = if m.mode == WriteMode::Upsert {
+                m.rounds(ops)
+            } else {
+                // Insert-only tables take no deletes (refused when the settings are compiled).
+                let writes =
+                    ops.into_iter().filter_map(|o| if let Op::Write(r) = o { Some(r) } else { None });
+                vec![Round { writes: writes.collect(), deletes: Vec::new() }]
+            };
+            for round in rounds {
+                if !round.writes.is_empty() {
+                    outcome += self.write_rows(&mut tx, index, round.writes).await?;
+                }
+                if !round.deletes.is_empty() {
+                    outcome += self.delete_rows(&mut tx, index, round.deletes).await?;
+                }
+            }
         }
         self.store_dead_letters(&mut tx, &rejected).await?;
         self.advance_watermarks(&mut tx, records, marks).await?;
@@ -344,19 +409,13 @@ impl MysqlSink {
         for d in &rejected {
             outcome.dead_letter(&d.error_class);
         }
-        // Records below the watermark, second copies, and upserts that lost within the batch.
-        outcome.duplicates =
-            records.len().saturating_sub(outcome.inserted + outcome.updated + outcome.dead_lettered);
+        // Records below the watermark, second copies, upserts that lost within the batch, and
+        // deletes that found no row (or one with a newer guard).
+        outcome.duplicates = records
+            .len()
+            .saturating_sub(outcome.inserted + outcome.updated + outcome.deleted + outcome.dead_lettered);
         Ok(outcome)
     }
-}
-
-/// Keeps, of the rows sharing a key, the one an upsert would leave in the table
-/// ([`ColumnMapping::winners`]), so one statement never updates a row twice.
-pub(crate) fn winners(m: &ColumnMapping, rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
-    let values: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
-    let keep = m.winners(&values);
-    rows.into_iter().zip(keep).filter_map(|(row, k)| k.then_some(row)).collect()
 }
 
 pub(crate) fn date_value(t: Option<DateTimeParts>) -> Value {

@@ -230,6 +230,8 @@ pub enum OnConflict<'a> {
         key: &'a [usize],
         /// Position of the guard column.
         guard: Option<usize>,
+        /// The soft-delete column, which an applied update sets back to NULL.
+        undelete: Option<&'a Ident>,
     },
 }
 
@@ -247,13 +249,13 @@ pub fn write_rows(
     let names: Vec<&str> = columns.iter().map(Ident::as_str).collect();
     let mut out =
         format!("INSERT INTO {table} ({}) VALUES {}", column_list(&names), values_list(names.len(), rows));
-    let (key, guard) = match on_conflict {
+    let (key, guard, undelete) = match on_conflict {
         OnConflict::Keep { key } => {
             let k = &columns[key];
             out.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}"));
             return out;
         }
-        OnConflict::Update { key, guard } => (key, guard),
+        OnConflict::Update { key, guard, undelete } => (key, guard, undelete),
     };
     out.push_str(syntax.alias());
     out.push_str(" ON DUPLICATE KEY UPDATE ");
@@ -265,7 +267,7 @@ pub fn write_rows(
         let g = names[g];
         format!("({0} IS NULL OR {1} > {0})", stored(g), incoming(g))
     });
-    let assignments: Vec<String> = order
+    let mut assignments: Vec<String> = order
         .iter()
         .map(|&i| {
             let c = names[i];
@@ -275,8 +277,44 @@ pub fn write_rows(
             }
         })
         .collect();
+    if let Some(d) = undelete {
+        let d = d.as_str();
+        let clear = match &condition {
+            Some(cond) => format!("`{d}` = IF({cond}, NULL, {})", stored(d)),
+            None => format!("`{d}` = NULL"),
+        };
+        // Before the guard's assignment, which must stay last.
+        assignments.insert(order.len() - usize::from(guard.is_some()), clear);
+    }
     out.push_str(&assignments.join(", "));
     out
+}
+
+/// A multi-row delete of the rows with `rows` keys (per row, `key.len()` placeholders, then one
+/// for the guard when there is one): a row is deleted unless its guard is greater than the
+/// tombstone's. With `soft`, the row is kept and that column set to the tombstone's time
+/// unless it is set already: the statement first takes, per row, the key's placeholders and
+/// the time, then the conditions' as a delete does.
+pub fn delete_rows(
+    table: &Ident,
+    key: &[&Ident],
+    guard: Option<&Ident>,
+    soft: Option<&Ident>,
+    rows: usize,
+) -> String {
+    let mut one = key.iter().map(|k| format!("{k} = ?")).collect::<Vec<_>>().join(" AND ");
+    let matches = one.clone();
+    if let Some(g) = guard {
+        one.push_str(&format!(" AND ({g} IS NULL OR {g} <= ?)"));
+    }
+    let condition = vec![format!("({one})"); rows].join(" OR ");
+    match soft {
+        None => format!("DELETE FROM {table} WHERE {condition}"),
+        Some(d) => {
+            let cases = vec![format!("WHEN {matches} THEN ?"); rows].join(" ");
+            format!("UPDATE {table} SET {d} = CASE {cases} END WHERE {d} IS NULL AND ({condition})")
+        }
+    }
 }
 
 /// What an upsert statement of `rows` rows did, from its affected-row count (1 per inserted
@@ -377,7 +415,7 @@ mod tests {
         let (s, columns) = (id("s"), [id("tracking_id"), id("status"), id("event_time")]);
         let on_conflict = match mode {
             "insert" => OnConflict::Keep { key: 0 },
-            _ => OnConflict::Update { key: &[0], guard: guard.then_some(2) },
+            _ => OnConflict::Update { key: &[0], guard: guard.then_some(2), undelete: None },
         };
         write_rows(&s, &columns, on_conflict, syntax, rows)
     }
@@ -504,5 +542,45 @@ mod tests {
         // 65,535 placeholders / 9 columns = 7,281 rows at most.
         let plan = plan_statements(vec![1; 10_000], 9, usize::MAX, usize::MAX);
         assert_eq!(plan, vec![0..7281, 7281..10_000]);
+    }
+
+    #[test]
+    fn deletes_spare_rows_with_a_newer_guard_and_soft_deletes_keep_the_first_time() {
+        let (s, k, g, d) = (id("s"), id("tracking_id"), id("event_time"), id("deleted_at"));
+        assert_eq!(
+            delete_rows(&s, &[&k], None, None, 2),
+            "DELETE FROM `s` WHERE (`tracking_id` = ?) OR (`tracking_id` = ?)"
+        );
+        let one = "(`tracking_id` = ? AND (`event_time` IS NULL OR `event_time` <= ?))";
+        assert_eq!(
+            delete_rows(&s, &[&k], Some(&g), None, 2),
+            format!("DELETE FROM `s` WHERE {one} OR {one}")
+        );
+        let (a, b) = (id("a"), id("b"));
+        let soft = delete_rows(&s, &[&a, &b], None, Some(&d), 2);
+        assert_eq!(
+            soft,
+            "UPDATE `s` SET `deleted_at` = CASE WHEN `a` = ? AND `b` = ? THEN ? WHEN `a` = ? AND `b` = ? THEN ? END \
+             WHERE `deleted_at` IS NULL AND ((`a` = ? AND `b` = ?) OR (`a` = ? AND `b` = ?))"
+        );
+        assert_eq!(soft.matches('?').count(), 2 * (2 + 1) + 2 * 2);
+    }
+
+    #[test]
+    fn an_applied_upsert_clears_the_soft_delete_mark_before_assigning_the_guard() {
+        let (s, columns, d) =
+            (id("s"), [id("tracking_id"), id("status"), id("event_time")], id("deleted_at"));
+        let guarded = OnConflict::Update { key: &[0], guard: Some(2), undelete: Some(&d) };
+        let cond = "(`event_time` IS NULL OR VALUES(`event_time`) > `event_time`)";
+        assert!(
+            write_rows(&s, &columns, guarded, UpsertSyntax::ValuesFunction, 1).ends_with(&format!(
+                "`status` = IF({cond}, VALUES(`status`), `status`), `deleted_at` = IF({cond}, NULL, `deleted_at`), \
+                 `event_time` = IF({cond}, VALUES(`event_time`), `event_time`)"
+            ))
+        );
+        let plain = OnConflict::Update { key: &[0], guard: None, undelete: Some(&d) };
+        assert!(write_rows(&s, &columns, plain, UpsertSyntax::RowAlias, 1).ends_with(
+            "`status` = dp_new.`status`, `event_time` = dp_new.`event_time`, `deleted_at` = NULL"
+        ));
     }
 }

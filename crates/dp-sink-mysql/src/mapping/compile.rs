@@ -4,6 +4,7 @@
 use mysql_async::Value;
 use time::format_description::OwnedFormatItem;
 
+use super::delete::{self, Deletes};
 use super::extract;
 use super::settings::{ColumnConfig, ColumnType, WriteConfig, WriteMode};
 use crate::sql::{self, Ident, OnConflict, UpsertSyntax};
@@ -94,6 +95,8 @@ pub struct ColumnMapping {
     pub key: Vec<usize>,
     /// Position of the guard column, if any.
     pub guard: Option<usize>,
+    /// How tombstones delete rows (`write.delete = "tombstone"`).
+    pub(crate) deletes: Option<Deletes>,
     /// The column names as identifiers, in placeholder order.
     pub(crate) idents: Vec<Ident>,
     /// First segments of every pointer: the top-level fields to keep while parsing.
@@ -202,6 +205,7 @@ impl ColumnMapping {
                 Some(p)
             }
         };
+        let deletes = delete::compile(at, write, &compiled, &key, guard)?;
         if write.mode == WriteMode::Upsert && key.len() == compiled.len() {
             return Err(format!(
                 "{at}.write: every column is a key column, so an upsert has nothing to update"
@@ -222,6 +226,7 @@ impl ColumnMapping {
             mode: write.mode,
             key,
             guard,
+            deletes,
             idents,
             top_level,
             takes_payload,
@@ -239,7 +244,11 @@ impl ColumnMapping {
     pub fn on_conflict(&self) -> OnConflict<'_> {
         match self.mode {
             WriteMode::Insert => OnConflict::Keep { key: self.key[0] },
-            WriteMode::Upsert => OnConflict::Update { key: &self.key, guard: self.guard },
+            WriteMode::Upsert => OnConflict::Update {
+                key: &self.key,
+                guard: self.guard,
+                undelete: self.deletes.as_ref().and_then(|d| d.soft.as_ref()),
+            },
         }
     }
 

@@ -35,6 +35,9 @@ impl ColumnMapping {
         lines.extend(self.columns.iter().map(|c| {
             format!("  `{}` {} {}", c.name, c.sql_type(), if c.nullable() { "NULL" } else { "NOT NULL" })
         }));
+        if let Some(d) = self.soft_delete_column() {
+            lines.push(format!("  `{d}` DATETIME(3) NULL"));
+        }
         lines.extend(layout.trailing.iter().map(|(n, def)| format!("  `{n}` {def}")));
         let key = quoted(&mut self.key.iter().map(|&i| self.columns[i].name.as_str()));
         match &layout.primary_key {

@@ -68,12 +68,12 @@ impl ColumnMapping {
 }
 
 /// A string value of only white space: as a key, it would merge unrelated records.
-fn is_blank(v: &Value) -> bool {
+pub(super) fn is_blank(v: &Value) -> bool {
     matches!(v, Value::Bytes(b) if std::str::from_utf8(b).is_ok_and(|s| s.trim().is_empty()))
 }
 
 /// The value `origin` gives column `c` for `record`; `None` when it has none.
-fn value_of(
+pub(super) fn value_of(
     c: &Column,
     origin: &Origin,
     record: &Record,
@@ -138,7 +138,7 @@ fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, Rejection> {
     std::str::from_utf8(bytes).map_err(|_| Rejection::new("not_utf8", format!("{what} is not UTF-8")))
 }
 
-type Fields<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+pub(super) type Fields<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// Parses the whole payload (so invalid JSON anywhere is caught) and keeps the raw text of
 /// the top-level fields in `wanted`.

@@ -20,6 +20,7 @@
 pub mod builtin;
 pub mod compile;
 pub mod ddl;
+pub mod delete;
 pub mod extract;
 pub mod settings;
 #[cfg(test)]
@@ -32,7 +33,9 @@ use uuid::Uuid;
 
 pub use builtin::builtin_columns;
 pub use compile::{Column, ColumnMapping, DEFAULT_STRING_LENGTH};
-pub use settings::{ColumnConfig, ColumnType, WriteConfig, WriteMode};
+pub use delete::{Delete, Op};
+pub use settings::{ColumnConfig, ColumnType, DeleteMode, WriteConfig, WriteMode};
+pub use upsert::Round;
 
 /// Namespace of the UUID v5 ids derived from Kafka coordinates.
 pub const COORDINATE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_4c6e_9a43_5d0b_b7a2_0c5e_8e1f_3a90);
@@ -87,7 +90,7 @@ impl DateTimeParts {
 pub struct Rejection {
     /// `null_value`, `empty_value`, `not_utf8`, `invalid_json`, `not_an_object`,
     /// `invalid_field`, `missing_field`, `field_too_long`, `out_of_range`, `invalid_timestamp`,
-    /// `payload_too_large`, `nesting_too_deep`.
+    /// `payload_too_large`, `nesting_too_deep`; for a tombstone that deletes, `invalid_key`.
     pub class: &'static str,
     /// Human-readable detail.
     pub reason: String,

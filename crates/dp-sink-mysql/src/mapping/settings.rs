@@ -131,6 +131,26 @@ pub struct WriteConfig {
     /// number) that must grow for an update to apply. A late or replayed event then never
     /// moves a row backwards.
     pub guard: Option<String>,
+    /// Upserts only: what a tombstone (a record whose value is null) does. `none` (default):
+    /// it is dead-lettered as `null_value`. `tombstone`: it deletes the row its Kafka key
+    /// names (the key's text for a one-column key, or a JSON object with a field per key
+    /// column); with `guard`, only when the stored row is not newer than the tombstone.
+    pub delete: DeleteMode,
+    /// With `delete = "tombstone"`: instead of deleting the row, set this column — a nullable
+    /// `DATETIME(3)` the table has besides the declared columns — to the tombstone's Kafka
+    /// timestamp. An upsert that applies later sets it back to NULL.
+    pub soft_delete_column: Option<String>,
+}
+
+/// What a tombstone does to a table (`write.delete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Tombstones are dead-lettered (`null_value`).
+    #[default]
+    None,
+    /// A tombstone deletes the row its Kafka key names.
+    Tombstone,
 }
 
 /// Whether an existing row is kept or replaced.

@@ -51,6 +51,7 @@ fn status_mapping() -> ColumnMapping {
             mode: WriteMode::Upsert,
             key: vec!["tracking_id".into()],
             guard: Some("event_time".into()),
+            ..WriteConfig::default()
         },
         1 << 20,
     )
@@ -182,7 +183,12 @@ fn bad_mappings_are_refused_naming_the_setting() {
     assert!(err(vec![id()], WriteConfig::default()).starts_with("mysql.routes[1].write.key"));
     assert!(err(vec![id()], key(&["nope"])).contains("`nope` is not one of the declared columns"));
     assert!(err(vec![col("id", "/id", ColumnType::String)], key(&["id"])).contains("could be NULL"));
-    let guarded = |g: &str, mode| WriteConfig { mode, key: vec!["id".into()], guard: Some(g.into()) };
+    let guarded = |g: &str, mode| WriteConfig {
+        mode,
+        key: vec!["id".into()],
+        guard: Some(g.into()),
+        ..WriteConfig::default()
+    };
     let cols = || vec![id(), col("s", "/s", ColumnType::String), col("n", "/n", ColumnType::Integer)];
     assert!(err(cols(), guarded("n", WriteMode::Insert)).contains("only applies to mode = \"upsert\""));
     assert!(err(cols(), guarded("s", WriteMode::Upsert)).contains("must be an integer or a timestamp"));
@@ -419,6 +425,7 @@ fn status3(guard: bool) -> ColumnMapping {
         mode: WriteMode::Upsert,
         key: vec!["tracking_id".into()],
         guard: guard.then(|| "event_time".into()),
+        ..WriteConfig::default()
     };
     ColumnMapping::compile("mysql", &cols, &write, 1 << 20).expect("compiles")
 }
@@ -442,4 +449,234 @@ fn of_rows_sharing_a_key_the_newest_guard_wins_and_ties_keep_the_first() {
     assert_eq!(m.winners(&refs), [false, true, true, false, false, false, true]);
     let unguarded = status3(false);
     assert_eq!(unguarded.winners(&refs), [false, false, false, true, true, false, true], "the last wins");
+}
+
+/// `status3` with `write.delete = "tombstone"`, and the soft-delete column when named.
+fn deleting(guard: bool, soft: Option<&str>) -> ColumnMapping {
+    let cols = [
+        ColumnConfig { required: true, ..col("tracking_id", "/tracking_id", ColumnType::String) },
+        col("status", "/status", ColumnType::String),
+        col("event_time", "/event_time", ColumnType::Timestamp),
+    ];
+    let write = WriteConfig {
+        mode: WriteMode::Upsert,
+        key: vec!["tracking_id".into()],
+        guard: guard.then(|| "event_time".into()),
+        delete: DeleteMode::Tombstone,
+        soft_delete_column: soft.map(str::to_owned),
+    };
+    ColumnMapping::compile("mysql", &cols, &write, 1 << 20).expect("compiles")
+}
+
+fn tombstone(key: Option<&[u8]>) -> Record {
+    Record { key: key.map(<[u8]>::to_vec), payload: None, ..rec("") }
+}
+
+fn delete_of(m: &ColumnMapping, r: &Record) -> Result<Delete, Rejection> {
+    match m.map_op(r, now())? {
+        Op::Delete(d) => Ok(d),
+        Op::Write(row) => panic!("a tombstone became a row: {row:?}"),
+    }
+}
+
+#[test]
+fn a_tombstone_names_its_row_by_the_key_text_or_the_key_objects_fields() {
+    let m = deleting(false, None);
+    assert_eq!(delete_of(&m, &tombstone(Some(b"TRK-1"))).map(|d| d.key), Ok(vec![Value::from("TRK-1")]));
+    assert_eq!(
+        delete_of(&m, &tombstone(Some(br#"{"tracking_id": "TRK-2", "other": 1}"#))).map(|d| d.key),
+        Ok(vec![Value::from("TRK-2")])
+    );
+    // The soft-delete time is the Kafka timestamp; without one, the time of mapping.
+    let at = |r: &Record| delete_of(&m, r).map(|d| d.at);
+    assert_eq!(at(&tombstone(Some(b"k"))), Ok(Value::Date(2025, 11, 24, 16, 0, 0, 0)));
+    assert_eq!(
+        at(&Record { timestamp_ms: None, ..tombstone(Some(b"k")) }),
+        Ok(Value::Date(2025, 11, 24, 16, 0, 0, 0))
+    );
+    let class = |r: &Record| delete_of(&m, r).map_err(|e| e.class);
+    assert_eq!(class(&tombstone(None)), Err("invalid_key"), "no key names no row");
+    assert_eq!(class(&tombstone(Some(b"  "))), Err("invalid_key"), "a blank key");
+    assert_eq!(class(&tombstone(Some(br#"{"other": 1}"#))), Err("invalid_key"), "no field of the key's name");
+    assert_eq!(class(&tombstone(Some(br#"{"tracking_id": null}"#))), Err("invalid_key"));
+    assert_eq!(class(&tombstone(Some(br#"{"tracking_id": "x""#))), Err("invalid_key"), "broken JSON");
+    assert_eq!(class(&tombstone(Some(&[0xff, 0xfe]))), Err("invalid_key"), "not UTF-8");
+    // A value is still a row; a tombstone on a table without deletes is still refused.
+    assert!(matches!(m.map_op(&rec(r#"{"tracking_id": "A"}"#), now()), Ok(Op::Write(_))));
+    assert_eq!(status3(false).map_op(&tombstone(Some(b"k")), now()).map_err(|e| e.class), Err("null_value"));
+}
+
+#[test]
+fn a_key_of_several_columns_takes_a_json_object_and_computed_key_columns_their_own_value() {
+    let cols = [
+        ColumnConfig { required: true, ..col("tenant", "/tenant", ColumnType::Integer) },
+        ColumnConfig { required: true, ..col("order_id", "/order_id", ColumnType::String) },
+        computed("source", "header:source"),
+        ColumnConfig { required: true, ..col("state", "/state", ColumnType::String) },
+    ];
+    let write = WriteConfig {
+        mode: WriteMode::Upsert,
+        key: vec!["tenant".into(), "order_id".into(), "source".into()],
+        delete: DeleteMode::Tombstone,
+        ..WriteConfig::default()
+    };
+    let cols_source_required = {
+        let mut c = cols.to_vec();
+        c[2].kind = Some(ColumnType::String);
+        c[2].required = true;
+        c
+    };
+    let m = ColumnMapping::compile("mysql", &cols_source_required, &write, 1 << 20).expect("compiles");
+    let key = delete_of(&m, &tombstone(Some(br#"{"order_id": "O-9", "tenant": 7}"#))).map(|d| d.key);
+    assert_eq!(key, Ok(vec![Value::Int(7), Value::from("O-9"), Value::from("scanner-7")]));
+    let e = delete_of(&m, &tombstone(Some(b"O-9"))).map_err(|e| e.reason);
+    assert!(e.is_err_and(|r| r.contains("not a JSON object with a field per key column (tenant, order_id)")));
+    let e =
+        delete_of(&m, &tombstone(Some(br#"{"order_id": "O-9", "tenant": "seven"}"#))).map_err(|e| e.class);
+    assert_eq!(e, Err("invalid_field"), "a key field of the wrong type");
+}
+
+#[test]
+fn a_tombstone_compares_its_kafka_timestamp_with_a_timestamp_guard() {
+    let m = deleting(true, Some("deleted_at"));
+    assert_eq!(
+        delete_of(&m, &tombstone(Some(b"k"))).map(|d| d.guard),
+        Ok(Some(Value::Date(2025, 11, 24, 16, 0, 0, 0)))
+    );
+    let no_time = Record { timestamp_ms: None, ..tombstone(Some(b"k")) };
+    assert_eq!(
+        delete_of(&m, &no_time).map(|d| d.guard),
+        Ok(Some(Value::Date(9999, 12, 31, 23, 59, 59, 999_000))),
+        "without a timestamp it applies"
+    );
+    assert_eq!(m.soft_delete_column(), Some("deleted_at"));
+    let ddl = m.create_table(&Ident::new("s").expect("ident"));
+    assert!(ddl.contains("  `deleted_at` DATETIME(3) NULL,\n"), "{ddl}");
+    assert!(
+        m.statement(&Ident::new("s").expect("ident"), UpsertSyntax::ValuesFunction, 1)
+            .contains("`deleted_at` = IF(")
+    );
+}
+
+#[test]
+fn deletes_are_refused_where_a_tombstone_could_not_name_or_compare_its_row() {
+    let cols = |guard_kind: ColumnType| {
+        vec![
+            ColumnConfig { required: true, ..col("id", "/id", ColumnType::String) },
+            col("seq", "/seq", guard_kind),
+            computed("offset", "kafka_offset"),
+        ]
+    };
+    let err = |cols: &[ColumnConfig], write: WriteConfig| {
+        ColumnMapping::compile("mysql", cols, &write, 1 << 20).expect_err("refused")
+    };
+    let write = |mode, key: &str, guard: Option<&str>, soft: Option<&str>| WriteConfig {
+        mode,
+        key: vec![key.into()],
+        guard: guard.map(str::to_owned),
+        delete: DeleteMode::Tombstone,
+        soft_delete_column: soft.map(str::to_owned),
+    };
+    let up = WriteMode::Upsert;
+    assert!(
+        err(&cols(ColumnType::Integer), write(WriteMode::Insert, "id", None, None))
+            .contains("set mode = \"upsert\"")
+    );
+    assert!(
+        err(&cols(ColumnType::Integer), write(up, "id", Some("seq"), None))
+            .contains("guard `seq` is an integer")
+    );
+    assert!(
+        err(&cols(ColumnType::Integer), write(up, "offset", None, None))
+            .contains("key column `offset` is computed")
+    );
+    assert!(
+        err(&cols(ColumnType::Integer), write(up, "id", None, Some("seq")))
+            .contains("`seq` is a declared column")
+    );
+    assert!(
+        err(&cols(ColumnType::Integer), write(up, "id", None, Some("bad-name")))
+            .contains("not a plain identifier")
+    );
+    let soft_alone = WriteConfig { soft_delete_column: Some("d".into()), ..write(up, "id", None, None) };
+    let soft_alone = WriteConfig { delete: DeleteMode::None, ..soft_alone };
+    assert!(err(&cols(ColumnType::Integer), soft_alone).contains("only with delete = \"tombstone\""));
+    // A timestamp guard, and an integer guard computed from the record, are fine.
+    for (kind, guard) in [(ColumnType::Timestamp, "seq"), (ColumnType::Integer, "offset")] {
+        assert!(
+            ColumnMapping::compile("mysql", &cols(kind), &write(up, "id", Some(guard), None), 1 << 20)
+                .is_ok()
+        );
+    }
+}
+
+#[test]
+fn upserts_and_deletes_of_one_key_apply_in_rounds_that_end_as_offset_order_would() {
+    let row = |k: &str, minute: u8| {
+        Op::Write(vec![Value::from(k), Value::from("S"), Value::Date(2026, 1, 1, 0, minute, 0, 0)])
+    };
+    let del = |k: &str, minute: u8| {
+        Op::Delete(Delete {
+            key: vec![Value::from(k)],
+            guard: Some(Value::Date(2026, 1, 1, 0, minute, 0, 0)),
+            at: Value::NULL,
+        })
+    };
+    let keys = |r: &Round| {
+        let w: Vec<String> = r.writes.iter().map(|w| format!("{:?}", w[0])).collect();
+        let d: Vec<String> = r.deletes.iter().map(|d| format!("{:?}", d.key[0])).collect();
+        (w, d)
+    };
+    // Without a guard the last operation of each key decides.
+    let ops = vec![row("A", 1), del("A", 2), row("B", 3), row("A", 4), del("B", 5), row("C", 6)];
+    let rounds = deleting(false, None).rounds(ops.clone());
+    assert_eq!(rounds.len(), 1);
+    let (w, d) = keys(&rounds[0]);
+    assert_eq!((w.len(), d.len()), (2, 1));
+    assert_eq!(rounds[0].writes[0][2], Value::Date(2026, 1, 1, 0, 4, 0, 0), "A's last upsert");
+    // With a guard: A is upsert(1), delete(2), upsert(4) → three rounds; B upsert then
+    // delete → two; C one. Consecutive deletes keep the largest guard.
+    let rounds = deleting(true, None).rounds(ops);
+    assert_eq!(rounds.len(), 3);
+    assert_eq!((rounds[0].writes.len(), rounds[0].deletes.len()), (3, 0));
+    assert_eq!((rounds[1].writes.len(), rounds[1].deletes.len()), (0, 2));
+    assert_eq!((rounds[2].writes.len(), rounds[2].deletes.len()), (1, 0));
+    let rounds =
+        deleting(true, None).rounds(vec![del("A", 3), del("A", 7), del("A", 5), row("A", 9), row("A", 8)]);
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[0].deletes[0].guard, Some(Value::Date(2026, 1, 1, 0, 7, 0, 0)));
+    assert_eq!(rounds[1].writes[0][2], Value::Date(2026, 1, 1, 0, 9, 0, 0));
+    // Only upserts: one round, the winners.
+    let rounds = deleting(true, None).rounds(vec![row("A", 2), row("A", 1)]);
+    assert_eq!(
+        rounds,
+        vec![Round {
+            writes: vec![vec![Value::from("A"), Value::from("S"), Value::Date(2026, 1, 1, 0, 2, 0, 0)]],
+            deletes: vec![]
+        }]
+    );
+}
+
+#[test]
+fn soft_deletes_keep_the_delete_that_would_set_the_mark() {
+    let row = |minute: u8| {
+        Op::Write(vec![Value::from("A"), Value::from("S"), Value::Date(2026, 1, 1, 0, minute, 0, 0)])
+    };
+    let del = |minute: u8| {
+        Op::Delete(Delete {
+            key: vec![Value::from("A")],
+            guard: Some(Value::Date(2026, 1, 1, 0, minute, 0, 0)),
+            at: Value::Date(2026, 1, 1, 0, minute, 0, 0),
+        })
+    };
+    let shape = |rounds: &[Round]| -> Vec<(usize, usize)> {
+        rounds.iter().map(|r| (r.writes.len(), r.deletes.len())).collect()
+    };
+    // No guard: the last upsert, then the first delete after it.
+    let rounds = deleting(false, Some("d")).rounds(vec![del(1), row(2), del(3), del(4)]);
+    assert_eq!(shape(&rounds), [(1, 0), (0, 1)]);
+    assert_eq!(rounds[1].deletes[0].at, Value::Date(2026, 1, 1, 0, 3, 0, 0));
+    // With a guard, every delete is its own round: which sets the mark depends on the row.
+    let rounds = deleting(true, Some("d")).rounds(vec![row(2), del(1), del(5)]);
+    assert_eq!(shape(&rounds), [(1, 0), (0, 1), (0, 1)]);
 }
