@@ -216,9 +216,9 @@ async fn under_after_buffer_dropped_offsets_fold_into_the_watermark() {
     let mut sends = Vec::new();
     let (mut ends, mut kept) = ([0i64; 2], 0u64);
     for i in 0..TOTAL {
-        // Every third record from the third on is dropped; each partition's first and last
-        // records are kept, so nothing before or after a drop is missing.
-        let drop = i % 3 == 2;
+        // Every third record from the third on is dropped, and each partition's first record
+        // (which follows nothing read before it); each partition's last record is kept.
+        let drop = i % 3 == 2 || i < 2;
         kept += u64::from(!drop);
         let payload = format!(
             r#"{{"event_id":"ab-{i}","tracking_id":"TRK{i}","status":"S","event_time":"2026-12-07T10:00:00Z","drop":{drop}}}"#

@@ -68,7 +68,10 @@ impl Filtering {
                         Some((_, n)) => *n += 1,
                         None => split.reasons.push((reason.to_owned(), 1)),
                     }
-                    self.dropped_last.insert(key, (record.offset, record.follows));
+                    // A dropped record that follows nothing read before it (the first after an
+                    // assignment) is covered from its own offset by the next kept one.
+                    let before = record.follows.or(Some(record.offset - 1));
+                    self.dropped_last.insert(key, (record.offset, before));
                     split.dropped.push(record);
                 }
                 None => {
@@ -116,6 +119,17 @@ mod tests {
         assert_eq!(split.reasons, [("marked".to_owned(), 2)]);
         // Offset 2 now follows 0: offset 1 is covered with it, like a transaction marker.
         assert_eq!(offsets(&split.kept), [(0, 0, None), (0, 2, Some(0))]);
+    }
+
+    #[test]
+    fn a_dropped_record_that_follows_nothing_is_covered_from_its_own_offset() {
+        let mut f = Filtering::new(Arc::new(DropMarked));
+        let split = f.apply(vec![
+            record(0, 40, None, "drop"),
+            record(0, 41, Some(40), "drop"),
+            record(0, 43, Some(41), "keep"),
+        ]);
+        assert_eq!(offsets(&split.kept), [(0, 43, Some(39))], "43 covers 40 to 42");
     }
 
     #[test]

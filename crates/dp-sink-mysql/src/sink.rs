@@ -26,6 +26,10 @@ use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 use crate::fault::classify;
 use crate::mapping::{DateTimeParts, Delete, Op, Round, WriteMode};
 
+/// The most rows one delete statement names: a long `OR` of key conditions (and, soft, a
+/// `CASE` of as many branches) stays within what the range optimizer plans as key lookups.
+const MAX_DELETES_PER_STATEMENT: usize = 250;
+
 /// A record's table (its position in `MysqlSink::tables`) and what it does there (a row to
 /// write, a row to delete), or why it can do nothing.
 pub(crate) type Mapped = (usize, Result<Op, Rejection>);
@@ -256,10 +260,13 @@ impl MysqlSink {
         let guarded = table.mapping.guard.is_some();
         let per_row =
             table.mapping.key.len() * (1 + usize::from(soft)) + usize::from(guarded) + usize::from(soft);
+        // Each row adds its condition (and, soft, its CASE branch) to the statement's text,
+        // and its key once or twice to the parameters.
+        let text = self.statement(Target::Deletes(index), 1).len();
         let plan = sql::plan_statements(
-            deletes.iter().map(|d| row_bytes(&d.key)),
+            deletes.iter().map(|d| text + row_bytes(&d.key) * (1 + usize::from(soft))),
             per_row,
-            usize::MAX,
+            MAX_DELETES_PER_STATEMENT,
             self.max_statement_bytes,
         );
         let mut deletes = deletes.into_iter();

@@ -126,10 +126,11 @@ pub(crate) fn compile(
         None => None,
         Some(g) => {
             let c = &columns[g];
-            Some(match (&c.origin, &c.fallback) {
-                (Origin::Pointer(_), Some(fallback)) => DeleteGuard::Column(fallback.clone()),
-                (Origin::Pointer(_), None) if c.kind == ColumnType::Timestamp => DeleteGuard::KafkaTimestamp,
-                (Origin::Pointer(_), None) => {
+            // A pointer's fallback is not the guard's meaning (an ingest time, an offset): the
+            // tombstone is compared by its Kafka timestamp, or not at all.
+            Some(match &c.origin {
+                Origin::Pointer(_) if c.kind == ColumnType::Timestamp => DeleteGuard::KafkaTimestamp,
+                Origin::Pointer(_) => {
                     return Err(format!(
                         "{at}.write.delete: guard `{}` is an integer read from the payload, which a tombstone \
                          does not have; use a timestamp guard (a tombstone compares its Kafka timestamp) or one \
@@ -137,7 +138,7 @@ pub(crate) fn compile(
                         c.name
                     ));
                 }
-                (origin, _) => DeleteGuard::Column(origin.clone()),
+                origin => DeleteGuard::Column(origin.clone()),
             })
         }
     };
@@ -152,11 +153,6 @@ impl ColumnMapping {
             (Some(deletes), None) => self.delete_of(deletes, record, now).map(Op::Delete),
             _ => self.map(record, now).map(Op::Write),
         }
-    }
-
-    /// Whether tombstones delete rows (`write.delete = "tombstone"`).
-    pub fn deletes_tombstones(&self) -> bool {
-        self.deletes.is_some()
     }
 
     /// The column a delete sets instead of deleting the row (`write.soft_delete_column`).
@@ -198,7 +194,13 @@ impl ColumnMapping {
                         Some((_, raw)) if raw.get() != "null" => Some(extract::from_json(c, raw.get())?),
                         _ => None,
                     },
-                    (None, Some(t)) if deletes.from_key.len() == 1 => Some(extract::from_text(c, t)?),
+                    // A JSON string (a key serialised as JSON) is its text; anything else is
+                    // the key's text as it is.
+                    (None, Some(t)) if deletes.from_key.len() == 1 => match serde_json::from_str::<String>(t)
+                    {
+                        Ok(s) => Some(extract::from_text(c, &s)?),
+                        Err(_) => Some(extract::from_text(c, t)?),
+                    },
                     (None, Some(_)) => {
                         return Err(Rejection::new(
                             "invalid_key",

@@ -468,8 +468,9 @@ fn deleting(guard: bool, soft: Option<&str>) -> ColumnMapping {
     ColumnMapping::compile("mysql", &cols, &write, 1 << 20).expect("compiles")
 }
 
+/// A tombstone produced a minute after `now()`.
 fn tombstone(key: Option<&[u8]>) -> Record {
-    Record { key: key.map(<[u8]>::to_vec), payload: None, ..rec("") }
+    Record { key: key.map(<[u8]>::to_vec), payload: None, timestamp_ms: Some(1_764_000_060_000), ..rec("") }
 }
 
 fn delete_of(m: &ColumnMapping, r: &Record) -> Result<Delete, Rejection> {
@@ -484,12 +485,17 @@ fn a_tombstone_names_its_row_by_the_key_text_or_the_key_objects_fields() {
     let m = deleting(false, None);
     assert_eq!(delete_of(&m, &tombstone(Some(b"TRK-1"))).map(|d| d.key), Ok(vec![Value::from("TRK-1")]));
     assert_eq!(
+        delete_of(&m, &tombstone(Some(br#""TRK-1""#))).map(|d| d.key),
+        Ok(vec![Value::from("TRK-1")]),
+        "a key serialised as a JSON string"
+    );
+    assert_eq!(
         delete_of(&m, &tombstone(Some(br#"{"tracking_id": "TRK-2", "other": 1}"#))).map(|d| d.key),
         Ok(vec![Value::from("TRK-2")])
     );
     // The soft-delete time is the Kafka timestamp; without one, the time of mapping.
     let at = |r: &Record| delete_of(&m, r).map(|d| d.at);
-    assert_eq!(at(&tombstone(Some(b"k"))), Ok(Value::Date(2025, 11, 24, 16, 0, 0, 0)));
+    assert_eq!(at(&tombstone(Some(b"k"))), Ok(Value::Date(2025, 11, 24, 16, 1, 0, 0)));
     assert_eq!(
         at(&Record { timestamp_ms: None, ..tombstone(Some(b"k")) }),
         Ok(Value::Date(2025, 11, 24, 16, 0, 0, 0))
@@ -541,7 +547,7 @@ fn a_tombstone_compares_its_kafka_timestamp_with_a_timestamp_guard() {
     let m = deleting(true, Some("deleted_at"));
     assert_eq!(
         delete_of(&m, &tombstone(Some(b"k"))).map(|d| d.guard),
-        Ok(Some(Value::Date(2025, 11, 24, 16, 0, 0, 0)))
+        Ok(Some(Value::Date(2025, 11, 24, 16, 1, 0, 0)))
     );
     let no_time = Record { timestamp_ms: None, ..tombstone(Some(b"k")) };
     assert_eq!(
@@ -601,6 +607,11 @@ fn deletes_are_refused_where_a_tombstone_could_not_name_or_compare_its_row() {
     let soft_alone = WriteConfig { soft_delete_column: Some("d".into()), ..write(up, "id", None, None) };
     let soft_alone = WriteConfig { delete: DeleteMode::None, ..soft_alone };
     assert!(err(&cols(ColumnType::Integer), soft_alone).contains("only with delete = \"tombstone\""));
+    // A pointer's fallback does not stand for the guard: an integer guard from the payload is
+    // refused even with one.
+    let mut with_fallback = cols(ColumnType::Integer);
+    with_fallback[1].fallback = Some("kafka_offset".into());
+    assert!(err(&with_fallback, write(up, "id", Some("seq"), None)).contains("guard `seq` is an integer"));
     // A timestamp guard, and an integer guard computed from the record, are fine.
     for (kind, guard) in [(ColumnType::Timestamp, "seq"), (ColumnType::Integer, "offset")] {
         assert!(
