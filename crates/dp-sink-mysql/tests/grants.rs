@@ -1,7 +1,8 @@
 //! The least privilege `docs/security.md` recommends is enough: a MySQL user with only
 //! `SELECT, INSERT, UPDATE` on the pipeline's tables (created beforehand by `migrate` under DDL
 //! rights) runs every sink path — rows, upserts, dead letters, watermarks, the live-table check
-//! — and cannot create a table. Real MariaDB and MySQL (`servers`); the user is the test's own.
+//! — and cannot create a table. A table taking hard deletes needs `DELETE` too: without it a
+//! tombstone's batch is a statement fault (retried, nothing dead-lettered) until it is granted. Real MariaDB and MySQL (`servers`); the user is the test's own.
 //! On MySQL the user has the server's default authentication, `caching_sha2_password`, and the
 //! sink logs in over plain TCP (the client fetches the server's RSA key for the password).
 
@@ -32,7 +33,7 @@ async fn the_runtime_user_needs_only_select_insert_update_on_its_tables(server: 
           {{ name = "status", pointer = "/status", type = "string", max_length = 32 }},
           {{ name = "event_time", pointer = "/event_time", type = "timestamp", required = true }},
         ]
-        write = {{ mode = "upsert", key = ["tracking_id"], guard = "event_time" }}
+        write = {{ mode = "upsert", key = ["tracking_id"], guard = "event_time", delete = "tombstone" }}
         "#,
         admin_url = server.url
     );
@@ -87,6 +88,20 @@ async fn the_runtime_user_needs_only_select_insert_update_on_its_tables(server: 
     assert_eq!(o.updated, 1);
     let o = sink.write_batch(&batch).await.expect("a replay (watermark read, locked, raised)");
     assert_eq!(o.inserted + o.updated, 0);
+
+    // A tombstone needs DELETE on its table: refused for the whole batch, as a statement fault
+    // the runtime retries; once granted, the same batch deletes the row.
+    let mut tombstone = Record::new("status", 0, 2, None);
+    tombstone.key = Some(b"T1".to_vec());
+    tombstone.timestamp_ms = Some(1_795_514_400_000 + 10 * 60_000);
+    let refused = sink.write_batch(std::slice::from_ref(&tombstone)).await.expect_err("no DELETE");
+    assert!(refused.is_statement() && refused.to_string().contains("denied"), "{refused}");
+    admin
+        .query_drop(format!("GRANT DELETE ON `test`.`{status}` TO '{user}'@'%'"))
+        .await
+        .expect("grant delete");
+    let o = sink.write_batch(&[tombstone]).await.expect("deleted once granted");
+    assert_eq!((o.deleted, o.dead_lettered), (1, 0));
 
     // Nothing beyond that: no DDL.
     let mut conn = sink.pool().get_conn().await.expect("conn");
