@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::{KAFKA, TestEnv};
 use delivery_pipeline::produce::{ensure_topic, producer};
@@ -187,19 +186,8 @@ async fn tombstones_delete_and_soft_delete_exactly_as_offset_order_would_through
         c.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
     }
 
-    let pipeline = dp_assembly::build(&config).await.expect("build");
-    let stats = pipeline.stats();
     let total = EVENTS + 1 + 2 * SHIPMENTS * STEPS + 1;
-    let summary = pipeline
-        .run(async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            while stats.snapshot().delivered() < total {
-                assert!(std::time::Instant::now() < deadline, "no progress: {:?}", stats.snapshot());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("clean run");
+    let summary = common::run_until_delivered(&config, total).await;
 
     let hard: Vec<(String, String, i64)> = c
         .query(format!(

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::{KAFKA, TestEnv};
 use delivery_pipeline::produce::{ensure_topic, producer};
@@ -76,19 +75,8 @@ async fn two_topics_go_to_two_tables_and_the_status_table_ends_at_each_newest_sc
     let mut c = env.mysql().await;
     c.query_drop(format!("DROP TABLE IF EXISTS `{status_table}`")).await.expect("drop");
 
-    let pipeline = dp_assembly::build(&config).await.expect("build");
-    let stats = pipeline.stats();
     let total = EVENTS + SHIPMENTS * SCANS_PER_SHIPMENT;
-    let summary = pipeline
-        .run(async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            while stats.snapshot().delivered() < total {
-                assert!(std::time::Instant::now() < deadline, "no progress: {:?}", stats.snapshot());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("clean run");
+    let summary = common::run_until_delivered(&config, total).await;
 
     assert_eq!(env.row_count().await, EVENTS, "the event topic, in the default table");
     let rows: Vec<(String, String, String, String)> = c

@@ -732,3 +732,20 @@ pub fn metric_sum(exposition: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// Builds the pipeline `config` describes and runs it in this process until it has delivered
+/// `total` records (within 120 s), then stops it cleanly and returns its summary.
+pub async fn run_until_delivered(config: &Config, total: u64) -> dp_pipeline::RunSummary {
+    let pipeline = dp_assembly::build(config).await.expect("build");
+    let stats = pipeline.stats();
+    pipeline
+        .run(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while stats.snapshot().delivered() < total {
+                assert!(Instant::now() < deadline, "no progress: {:?}", stats.snapshot());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("clean run")
+}

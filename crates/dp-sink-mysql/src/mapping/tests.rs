@@ -416,6 +416,11 @@ fn fallbacks_are_checked_and_fill_only_missing_values() {
 /// `tracking_id`, `status`, `event_time`, upserted on `tracking_id`, guarded by `event_time`
 /// or not.
 fn status3(guard: bool) -> ColumnMapping {
+    status3_with(WriteConfig::default(), guard)
+}
+
+/// `status3` with the other write settings of `write`.
+fn status3_with(write: WriteConfig, guard: bool) -> ColumnMapping {
     let cols = [
         ColumnConfig { required: true, ..col("tracking_id", "/tracking_id", ColumnType::String) },
         col("status", "/status", ColumnType::String),
@@ -425,7 +430,7 @@ fn status3(guard: bool) -> ColumnMapping {
         mode: WriteMode::Upsert,
         key: vec!["tracking_id".into()],
         guard: guard.then(|| "event_time".into()),
-        ..WriteConfig::default()
+        ..write
     };
     ColumnMapping::compile("mysql", &cols, &write, 1 << 20).expect("compiles")
 }
@@ -453,19 +458,12 @@ fn of_rows_sharing_a_key_the_newest_guard_wins_and_ties_keep_the_first() {
 
 /// `status3` with `write.delete = "tombstone"`, and the soft-delete column when named.
 fn deleting(guard: bool, soft: Option<&str>) -> ColumnMapping {
-    let cols = [
-        ColumnConfig { required: true, ..col("tracking_id", "/tracking_id", ColumnType::String) },
-        col("status", "/status", ColumnType::String),
-        col("event_time", "/event_time", ColumnType::Timestamp),
-    ];
     let write = WriteConfig {
-        mode: WriteMode::Upsert,
-        key: vec!["tracking_id".into()],
-        guard: guard.then(|| "event_time".into()),
         delete: DeleteMode::Tombstone,
         soft_delete_column: soft.map(str::to_owned),
+        ..WriteConfig::default()
     };
-    ColumnMapping::compile("mysql", &cols, &write, 1 << 20).expect("compiles")
+    status3_with(write, guard)
 }
 
 /// A tombstone produced a minute after `now()`.
