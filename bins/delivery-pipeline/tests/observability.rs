@@ -27,6 +27,12 @@ async fn metrics_count_what_was_stored_and_readiness_follows_mysql() {
     let produced = env.produce(EVENTS).await;
     wait_for("every event stored", Duration::from_secs(60), || async { env.rows_so_far().await >= EVENTS })
         .await;
+    // The rows are visible at the commit; the counters move when the sink's call returns.
+    wait_for("the last batch counted", Duration::from_secs(10), || async {
+        http_get(&address, "/metrics")
+            .is_ok_and(|(_, text)| metric_sum(&text, "dp_batch_rows_sum") >= EVENTS as f64)
+    })
+    .await;
     let (code, text) = http_get(&address, "/metrics").expect("metrics");
     assert_eq!(code, 200);
     let sum = |name: &str| metric_sum(&text, name);
