@@ -15,7 +15,7 @@ on_both_servers!(
     a_replayed_delete_below_the_watermark_spares_the_row_written_after_it,
 );
 
-/// The latest state per shipment, deleting on tombstones; `extra` adds write settings.
+/// The latest state per shipment, deleting on tombstones; `write` adds write settings.
 fn config(server: &Server, table: &str, write: &str) -> MysqlSinkConfig {
     let text = format!(
         r#"
@@ -33,14 +33,6 @@ fn config(server: &Server, table: &str, write: &str) -> MysqlSinkConfig {
         server.url
     );
     toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
-async fn fresh(server: &Server, config: &MysqlSinkConfig) -> mysql_async::Conn {
-    let mut conn = server.conn().await;
-    for t in [config.table.clone(), config.dead_letter_table(), config.offsets_table.clone()] {
-        conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
-    }
-    conn
 }
 
 /// 2026-11-24 10:<minute>:00 UTC, in milliseconds.
@@ -79,7 +71,7 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn a_tombstone_deletes_its_row_unless_the_row_is_newer(server: &Server) {
     let table = format!("del_guard_{}", std::process::id());
     let config = config(server, &table, r#"guard = "event_time""#);
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect");
 
     let o = sink
@@ -121,7 +113,7 @@ async fn upserts_and_deletes_of_one_key_in_one_batch_end_as_offset_order_would(s
     for guard in [false, true] {
         let table = format!("del_batch_{}_{}", u8::from(guard), std::process::id());
         let config = config(server, &table, if guard { r#"guard = "event_time""# } else { "" });
-        let mut conn = fresh(server, &config).await;
+        let mut conn = server.fresh(&config).await;
         let sink = MysqlSink::connect(&config).await.expect("connect");
         sink.write_batch(&[upsert(0, "S", "STORED", 4)]).await.expect("stored row");
         let batch = [
@@ -160,7 +152,7 @@ async fn upserts_and_deletes_of_one_key_in_one_batch_end_as_offset_order_would(s
 async fn a_soft_delete_marks_the_row_with_the_tombstone_time_and_an_upsert_clears_it(server: &Server) {
     let table = format!("del_soft_{}", std::process::id());
     let config = config(server, &table, r#"guard = "event_time", soft_delete_column = "deleted_at""#);
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("the created table has the soft-delete column");
 
     sink.write_batch(&[upsert(0, "A", "PICKED_UP", 1), upsert(1, "B", "PICKED_UP", 1)]).await.expect("rows");
@@ -195,7 +187,7 @@ async fn a_replayed_delete_below_the_watermark_spares_the_row_written_after_it(s
     // No guard: only the watermark keeps a replayed tombstone from deleting the newer row.
     let table = format!("del_replay_{}", std::process::id());
     let config = config(server, &table, "");
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("deletes");
     sink.write_batch(&[upsert(0, "A", "ONE", 1), tombstone(1, "A", 2)]).await.expect("first");
     sink.write_batch(&[upsert(2, "A", "TWO", 3)]).await.expect("second");

@@ -42,20 +42,6 @@ fn status_config(server: &Server, table: &str, extra: &str) -> MysqlSinkConfig {
     toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-async fn fresh(server: &Server, config: &MysqlSinkConfig) -> mysql_async::Conn {
-    let mut conn = server.conn().await;
-    for t in config
-        .tables()
-        .expect("valid")
-        .iter()
-        .map(|t| t.table.as_str().to_owned())
-        .chain([config.dead_letter_table(), config.offsets_table.clone()])
-    {
-        conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
-    }
-    conn
-}
-
 fn event(topic: &str, offset: i64, tracking: &str, status: &str, minute: u32) -> Record {
     let mut r = Record::new(
         topic,
@@ -81,7 +67,7 @@ async fn statuses(conn: &mut mysql_async::Conn, table: &str) -> Vec<(String, Str
 async fn upserts_keep_the_newest_status_whatever_order_events_arrive_in(server: &Server) {
     let table = format!("upsert_order_{}", std::process::id());
     let config = status_config(server, &table, "");
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect creates the table from the mapping");
 
     let o = sink
@@ -121,7 +107,7 @@ async fn upserts_keep_the_newest_status_whatever_order_events_arrive_in(server: 
 async fn duplicate_keys_in_one_batch_are_reduced_to_the_winner_before_the_statement(server: &Server) {
     let table = format!("upsert_batch_{}", std::process::id());
     let config = status_config(server, &table, "");
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("write-modes");
     let batch = [
         event("t", 0, "A", "PICKED_UP", 1),
@@ -158,7 +144,7 @@ async fn two_topics_are_written_to_their_own_tables_in_one_transaction(server: &
         columns: std::mem::take(&mut config.columns),
         write: std::mem::take(&mut config.write),
     }];
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect");
     assert_eq!(sink.tables(), [table.as_str(), status_table.as_str()]);
     let batch = [
@@ -178,7 +164,7 @@ async fn two_topics_are_written_to_their_own_tables_in_one_transaction(server: &
 async fn a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismatch(server: &Server) {
     let table = format!("live_check_{}", std::process::id());
     let mut config = status_config(server, &table, "create_table = false");
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let err = |e: dp_sink_mysql::MysqlSinkError| e.to_string();
 
     let missing = err(MysqlSink::connect(&config).await.err().expect("no table"));
@@ -215,7 +201,7 @@ async fn a_table_that_does_not_match_the_mapping_stops_startup_naming_the_mismat
 
 async fn migrate_ddl_creates_a_table_the_check_accepts(server: &Server) {
     let config = status_config(server, &format!("ddl_{}", std::process::id()), "");
-    let mut conn = fresh(server, &config).await;
+    let mut conn = server.fresh(&config).await;
     let ddl = config.ddl().expect("ddl");
     assert_eq!(ddl.len(), 3, "the mapped table, dead letters, offsets");
     assert!(

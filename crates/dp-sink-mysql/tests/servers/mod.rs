@@ -101,6 +101,22 @@ impl Server {
         }
     }
 
+    /// A connection, after dropping every table `config` writes (its mapped tables, the
+    /// dead-letter and offsets tables) that an earlier run left.
+    pub async fn fresh(&self, config: &dp_sink_mysql::MysqlSinkConfig) -> mysql_async::Conn {
+        let mut conn = self.conn().await;
+        for t in config
+            .tables()
+            .expect("valid")
+            .iter()
+            .map(|t| t.table.as_str().to_owned())
+            .chain([config.dead_letter_table(), config.offsets_table.clone()])
+        {
+            conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`")).await.expect("drop");
+        }
+        conn
+    }
+
     async fn version(&self, pool: &mysql_async::Pool) -> String {
         let mut conn = pool.get_conn().await.unwrap_or_else(|e| {
             panic!(
