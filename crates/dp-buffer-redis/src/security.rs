@@ -1,15 +1,8 @@
 //! The security side of the Redis connection: the rustls client configuration of
 //! `[redis.tls]`, and connection errors that say what to check.
 
-use std::sync::Arc;
-
-use dp_core::{TlsConfig, TlsVerify};
+use dp_core::TlsConfig;
 use fred::types::config::TlsConnector;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::RedisBufferError;
 
@@ -20,99 +13,9 @@ pub(crate) fn connect_error(url: String, source: fred::error::Error) -> RedisBuf
     RedisBufferError::Connect { url, source, hint }
 }
 
-fn setting(key: &str, e: impl std::fmt::Display) -> RedisBufferError {
-    RedisBufferError::Setting(format!("redis.tls.{key}: {e}"))
-}
-
-/// The connector: `ca_file` or the built-in Mozilla roots, an optional client certificate,
-/// and the verification `verify` asks for. ring, as everywhere in this workspace.
+/// The connector of `[redis.tls]`; see [`dp_core::rustls_client_config`].
 pub(crate) fn connector(tls: &TlsConfig) -> Result<TlsConnector, RedisBufferError> {
-    let files = tls.read_files("redis.tls").map_err(RedisBufferError::Setting)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    match &files.ca {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| setting("ca_file", e))?;
-                roots.add(cert).map_err(|e| setting("ca_file", e))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| setting("enabled", e))?;
-    let builder = match tls.verify {
-        TlsVerify::Full => builder.with_root_certificates(roots),
-        verify => {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| setting("ca_file", e))?;
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(Lowered { verify, inner }))
-        }
-    };
-    let config = match &files.client {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| setting("cert_file", e))?;
-            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| setting("key_file", e))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| setting("key_file", e))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(config.into())
-}
-
-/// `verify = "ca"`: the chain is checked but any host name accepted; `verify = "none"`:
-/// nothing is checked but the handshake's signatures.
-#[derive(Debug)]
-struct Lowered {
-    verify: TlsVerify,
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for Lowered {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.verify == TlsVerify::None {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    dp_core::rustls_client_config(tls, "redis.tls").map(Into::into).map_err(RedisBufferError::Setting)
 }
 
 #[cfg(test)]

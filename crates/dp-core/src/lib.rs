@@ -23,6 +23,8 @@ pub mod record;
 pub mod secret;
 pub mod settings;
 pub mod tls;
+#[cfg(feature = "rustls")]
+pub mod tls_rustls;
 pub mod traits;
 
 pub use accumulator::{Accumulator, Batch, FlushTrigger};
@@ -37,6 +39,8 @@ pub use record::{Coordinates, Header, Record, unix_millis};
 pub use secret::{Secret, SecretUrl, is_secret_name, read_secret_file, redact_url};
 pub use settings::string_or_list;
 pub use tls::{TlsConfig, TlsFiles, TlsVerify, explain_tls_error};
+#[cfg(feature = "rustls")]
+pub use tls_rustls::rustls_client_config;
 pub use traits::{
     BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Health, Leases, Orphan, ReadBack, Sink,
     Source, Watermarks,
