@@ -13,6 +13,7 @@ use dp_pipeline::{BatchingConfig, CommitPolicy, InvalidSetting, PipelineOptions,
 use dp_sink_mysql::MysqlSinkConfig;
 
 use crate::filter::{FilterConfig, Filters};
+use dp_schema_registry::SchemaRegistryConfig;
 use dp_source_kafka::KafkaSourceConfig;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,8 @@ pub struct Config {
     pub allow_volatile_buffer: bool,
     /// `[[filter]]` rules: records to drop before they are written ahead or stored.
     pub filter: Vec<FilterConfig>,
+    /// The Schema Registry that `format`/`key_format` other than `json` read schemas from.
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             commit_policy: CommitPolicy::AfterSink,
             allow_volatile_buffer: false,
             filter: Vec::new(),
+            schema_registry: SchemaRegistryConfig::default(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl Config {
         "commit_policy",
         "allow_volatile_buffer",
         "filter",
+        "schema_registry",
     ];
 
     /// The runtime's settings of this configuration, the `[[filter]]` rules compiled.
@@ -158,6 +163,17 @@ impl Config {
         }
         self.redis.validate().map_err(|e| InvalidSetting::from_line(&e))?;
         self.mysql.validate().map_err(|e| InvalidSetting::from_line(&e))?;
+        if let Some(key) = self.mysql.registry_formats().first()
+            && !self.schema_registry.is_set()
+        {
+            return Err(InvalidSetting::new(
+                key.clone(),
+                "reads a Schema Registry format, but schema_registry.url is not set",
+            ));
+        }
+        if self.schema_registry.is_set() {
+            self.schema_registry.validate().map_err(|e| InvalidSetting::from_line(&e))?;
+        }
         for (i, route) in self.mysql.routes.iter().enumerate() {
             if !self.kafka.topics.contains(&route.topic) {
                 return Err(InvalidSetting::new(
@@ -243,12 +259,30 @@ mod tests {
                     c.mysql.routes = vec![dp_sink_mysql::RouteConfig {
                         topic: "not-consumed".into(),
                         table: "other".into(),
-                        columns: Vec::new(),
-                        write: Default::default(),
+                        ..Default::default()
                     }]
                 }),
             ),
             ("mysql.write", Box::new(|c| c.mysql.write.mode = dp_sink_mysql::mapping::WriteMode::Upsert)),
+            ("mysql.format", Box::new(|c| c.mysql.format = dp_schema_registry::Format::Avro)),
+            (
+                "mysql.routes[0].key_format",
+                Box::new(|c| {
+                    c.mysql.routes = vec![dp_sink_mysql::RouteConfig {
+                        topic: c.kafka.topics[0].clone(),
+                        table: "other".into(),
+                        key_format: dp_schema_registry::Format::Protobuf,
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "schema_registry.url",
+                Box::new(|c| {
+                    c.mysql.format = dp_schema_registry::Format::JsonSchema;
+                    c.schema_registry.url = vec!["registry:8081".into()];
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut c = valid();

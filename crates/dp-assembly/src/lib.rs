@@ -179,6 +179,18 @@ impl PipelineBuilder {
                     None => dp_sink_mysql::MysqlSink::connect(&config.mysql).await?,
                 };
                 mysql = mysql.with_consumer_group(&config.kafka.group_id);
+                let formats = config.mysql.registry_formats();
+                if !formats.is_empty() {
+                    let decoder = dp_schema_registry::Decoder::new(&config.schema_registry)
+                        .map_err(|e| InvalidSetting::from_line(&e))?;
+                    if config.filter.iter().any(|f| f.pointer.is_some()) {
+                        tracing::warn!(
+                            "[[filter]] rules on a JSON pointer do not apply to values read through the Schema Registry ({}): they are decoded by the sink, after the filters",
+                            formats.join(", ")
+                        );
+                    }
+                    mysql = mysql.with_decoder(Arc::new(decoder));
+                }
                 if !watermarks {
                     mysql = mysql.with_watermark_mode(dp_sink_mysql::WatermarkMode::Ranges);
                 }

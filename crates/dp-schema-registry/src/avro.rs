@@ -53,7 +53,16 @@ impl AvroSchema {
             schema
         };
         // Resolving once here reports a dangling name now, not on every message.
-        ResolvedSchema::new(&schema).map_err(|e| format!("the Avro schema does not resolve: {e}"))?;
+        let resolved =
+            ResolvedSchema::new(&schema).map_err(|e| format!("the Avro schema does not resolve: {e}"))?;
+        // apache-avro decodes with no depth limit: a recursive type lets a small message nest
+        // deep enough to overflow the stack, and a crash on a record would repeat on every
+        // restart.
+        if let Some(name) = recursive(&schema, None, resolved.get_names(), &mut Vec::new()) {
+            return Err(format!(
+                "the Avro schema is recursive (`{name}` contains itself), which this version does not decode"
+            ));
+        }
         Ok(Self { schema })
     }
 
@@ -76,6 +85,41 @@ impl AvroSchema {
         }
         let json = AvroJson { value: &value, schema: &self.schema, names: resolved.get_names(), ns: None };
         serde_json::to_string(&json).map_err(|e| e.to_string())
+    }
+}
+
+/// The full name of a type that contains itself, if any: `stack` holds the named types being
+/// walked.
+fn recursive(
+    schema: &Schema,
+    ns: NamespaceRef<'_>,
+    names: &NamesRef<'_>,
+    stack: &mut Vec<String>,
+) -> Option<String> {
+    match schema {
+        Schema::Ref { name } => {
+            let full = name.fully_qualified_name(ns);
+            let text = full.to_string();
+            if stack.contains(&text) {
+                return Some(text);
+            }
+            let (n, s) = names.iter().find(|(n, _)| **n == *full)?;
+            stack.push(text);
+            let found = recursive(s, n.namespace(), names, stack);
+            stack.pop();
+            found
+        }
+        Schema::Record(r) => {
+            stack.push(r.name.fully_qualified_name(ns).to_string());
+            let inner = r.name.namespace().or(ns);
+            let found = r.fields.iter().find_map(|f| recursive(&f.schema, inner, names, stack));
+            stack.pop();
+            found
+        }
+        Schema::Array(a) => recursive(&a.items, ns, names, stack),
+        Schema::Map(m) => recursive(&m.types, ns, names, stack),
+        Schema::Union(u) => u.variants().iter().find_map(|v| recursive(v, ns, names, stack)),
+        _ => None,
     }
 }
 
@@ -314,6 +358,14 @@ mod tests {
         let value = Value::Record(vec![("to".into(), Value::Record(vec![("city".into(), "Rome".into())]))]);
         assert_eq!(avro.to_json(&encode(&avro.schema, value)).expect("decodes"), r#"{"to":{"city":"Rome"}}"#);
         assert!(AvroSchema::parse(root, &[]).is_err(), "a reference that is missing");
+    }
+
+    #[test]
+    fn recursive_schemas_are_refused_and_reused_types_are_not() {
+        let list = r#"{"type":"record","name":"Node","fields":[{"name":"v","type":"int"},{"name":"next","type":["null","Node"]}]}"#;
+        let e = AvroSchema::parse(list, &[]).expect_err("recursive");
+        assert!(e.contains("recursive (`Node` contains itself)"), "{e}");
+        AvroSchema::parse(SHIPMENT, &[]).expect("Address used twice is not recursion");
     }
 
     #[test]

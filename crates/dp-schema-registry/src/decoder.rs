@@ -8,6 +8,9 @@ use crate::config::{Format, SchemaRegistryConfig};
 use crate::protobuf::{ProtoSchema, message_indexes};
 use crate::registry::{RegistryClient, RegistryError};
 
+/// The most one Avro string, bytes or array may allocate: more than any Kafka message holds.
+const MAX_AVRO_ALLOCATION: usize = 64 << 20;
+
 /// Why bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -60,14 +63,17 @@ pub fn schema_id(bytes: &[u8]) -> Result<u32, DecodeError> {
 impl Decoder {
     /// A decoder reading schemas from the configured registry.
     pub fn new(config: &SchemaRegistryConfig) -> Result<Self, String> {
+        // A datum's length prefixes are read before its bytes: cap what one may allocate
+        // (process-wide, set once) far below apache-avro's 512 MiB default.
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
         Ok(Self { registry: RegistryClient::new(config)?, schemas: Mutex::new(HashMap::new()) })
     }
 
     /// Fetches the schemas `values` name that are not known yet. Bytes without a valid framing
     /// are skipped: [`decode`](Self::decode) refuses them. Fails, having fetched what it could,
     /// when the registry cannot answer: retry later, never dead-letter for that.
-    pub async fn prepare<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) -> Result<(), RegistryError> {
-        let mut wanted: Vec<u32> = values.into_iter().filter_map(|v| schema_id(v).ok()).collect();
+    pub async fn prepare(&self, values: &[&[u8]]) -> Result<(), RegistryError> {
+        let mut wanted: Vec<u32> = values.iter().filter_map(|v| schema_id(v).ok()).collect();
         wanted.sort_unstable();
         wanted.dedup();
         wanted.retain(|id| !self.lock().contains_key(id));

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dp_core::{SecretUrl, TlsConfig, TlsVerify};
+use dp_schema_registry::Format;
 use mysql_async::{ClientIdentity, Opts, OptsBuilder, SslOpts};
 use serde::{Deserialize, Serialize};
 
@@ -67,10 +68,17 @@ pub struct MysqlSinkConfig {
     /// Topics written to tables of their own (`[[mysql.routes]]`), each with its columns and
     /// write mode; topics without a route go to `table`.
     pub routes: Vec<RouteConfig>,
+    /// How the values of the topics written to `table` are encoded: `json` (plain JSON), or
+    /// through the Schema Registry (`[schema_registry]`): `avro`, `protobuf`, `json_schema`.
+    /// Decoded values are read as JSON by the columns.
+    pub format: Format,
+    /// How their keys are encoded (for `kafka_key` columns and deletes): `json` (plain text or
+    /// JSON), `avro`, `protobuf`, `json_schema`.
+    pub key_format: Format,
 }
 
 /// One topic written to its own table (`[[mysql.routes]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The Kafka topic (one of `kafka.topics`).
@@ -83,6 +91,12 @@ pub struct RouteConfig {
     /// How rows are written to the table.
     #[serde(default)]
     pub write: WriteConfig,
+    /// How the topic's values are encoded (as `mysql.format`).
+    #[serde(default)]
+    pub format: Format,
+    /// How the topic's keys are encoded (as `mysql.key_format`).
+    #[serde(default)]
+    pub key_format: Format,
 }
 
 /// One destination table: its name, its mapping, and the topic routed to it (`None` for the
@@ -97,6 +111,10 @@ pub struct TableSpec {
     pub table: Ident,
     /// Its columns and write mode: declared, or the built-in preset.
     pub mapping: ColumnMapping,
+    /// How its records' values are encoded.
+    pub format: Format,
+    /// How its records' keys are encoded.
+    pub key_format: Format,
 }
 
 impl TableSpec {
@@ -132,6 +150,8 @@ impl Default for MysqlSinkConfig {
             columns: Vec::new(),
             write: WriteConfig::default(),
             routes: Vec::new(),
+            format: Format::Json,
+            key_format: Format::Json,
         }
     }
 }
@@ -240,6 +260,8 @@ impl MysqlSinkConfig {
             topic: None,
             table: ident("mysql.table", &self.table)?,
             mapping: mapping("mysql", &self.columns, &self.write)?,
+            format: self.format,
+            key_format: self.key_format,
         }];
         let reserved = [self.dead_letter_table(), self.offsets_table.clone()];
         if reserved.iter().any(|r| r.eq_ignore_ascii_case(&self.table)) {
@@ -268,9 +290,30 @@ impl MysqlSinkConfig {
                 topic: Some(r.topic.clone()),
                 table,
                 mapping: mapping(&at, &r.columns, &r.write)?,
+                format: r.format,
+                key_format: r.key_format,
             });
         }
         Ok(out)
+    }
+
+    /// The settings keys (`mysql.format`, `mysql.routes[1].key_format`) of the formats read
+    /// through the Schema Registry: empty when no table needs one.
+    pub fn registry_formats(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add = |at: &str, format: Format, key_format: Format| {
+            if format.needs_registry() {
+                out.push(format!("{at}.format"));
+            }
+            if key_format.needs_registry() {
+                out.push(format!("{at}.key_format"));
+            }
+        };
+        add("mysql", self.format, self.key_format);
+        for (i, r) in self.routes.iter().enumerate() {
+            add(&format!("mysql.routes[{i}]"), r.format, r.key_format);
+        }
+        out
     }
 
     /// The statements `migrate` runs (`migrate --dry-run` prints them).

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dp_core::DeadLetterPublisher;
+use dp_schema_registry::{Decoder, Format};
 pub use mysql_async;
 use mysql_async::{Pool, Value};
 
@@ -60,6 +61,15 @@ enum Target {
 struct Table {
     name: Ident,
     mapping: ColumnMapping,
+    /// How its records' values and keys are encoded.
+    format: Format,
+    key_format: Format,
+}
+
+impl Table {
+    fn decodes(&self) -> bool {
+        self.format.needs_registry() || self.key_format.needs_registry()
+    }
 }
 
 /// A generous estimate of a row's size in a statement.
@@ -109,6 +119,8 @@ pub struct MysqlSink {
     suspect: Arc<std::sync::atomic::AtomicBool>,
     /// How many connections the pool may hold: the most stale ones to try past.
     max_connections: usize,
+    /// Decodes the values and keys of tables read through the Schema Registry.
+    decoder: Option<Arc<Decoder>>,
 }
 
 #[cfg(test)]

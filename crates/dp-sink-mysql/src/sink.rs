@@ -25,6 +25,7 @@ use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 
 use crate::fault::classify;
 use crate::mapping::{DateTimeParts, Delete, Op, Round, WriteMode};
+use dp_schema_registry::{Decoder, Format};
 
 /// The most rows one delete statement names: a long `OR` of key conditions (and, soft, a
 /// `CASE` of as many branches) stays within what the range optimizer plans as key lookups.
@@ -97,7 +98,12 @@ impl MysqlSink {
             if let Some(topic) = &spec.topic {
                 routes.insert(topic.clone(), tables.len());
             }
-            tables.push(Table { name: spec.table, mapping: spec.mapping });
+            tables.push(Table {
+                name: spec.table,
+                mapping: spec.mapping,
+                format: spec.format,
+                key_format: spec.key_format,
+            });
         }
         let dead_letter_table = ident("mysql.dead_letter_table", &dlq).map_err(MysqlSinkError::Config)?;
         let offsets_table =
@@ -129,7 +135,65 @@ impl MysqlSink {
             session_each_call: Some(Arc::from(config.session_sql())),
             suspect: Arc::default(),
             max_connections: config.max_connections,
+            decoder: None,
         })
+    }
+
+    /// Decodes the tables' Schema Registry formats (`format`, `key_format`) with `decoder`.
+    /// Without one, a record of such a table fails its batch as a statement fault.
+    pub fn with_decoder(mut self, decoder: Arc<Decoder>) -> Self {
+        self.decoder = Some(decoder);
+        self
+    }
+
+    /// Fetches the schemas the batch's registry-framed values and keys name; the registry
+    /// down is an outage (the batch is retried), never a reason to dead-letter.
+    async fn fetch_schemas(&self, records: &[Record]) -> Result<(), SinkError> {
+        if !self.tables.iter().any(Table::decodes) {
+            return Ok(());
+        }
+        let Some(decoder) = &self.decoder else {
+            return Err(SinkError::statement(
+                "a table reads a Schema Registry format, but no registry is configured ([schema_registry])",
+            ));
+        };
+        let mut framed: Vec<&[u8]> = Vec::new();
+        for r in records {
+            let table = &self.tables[self.table_of(r)];
+            framed.extend(r.payload.as_deref().filter(|_| table.format.needs_registry()));
+            framed.extend(r.key.as_deref().filter(|_| table.key_format.needs_registry()));
+        }
+        decoder.prepare(&framed).await.map_err(|e| SinkError::transient(e.to_string()))
+    }
+
+    /// `record` with its value and key decoded as its table's formats say.
+    fn decoded(&self, table: &Table, record: &Record) -> Result<Record, Rejection> {
+        let decode = |format: Format, bytes: &[u8], what: &str| {
+            let decoder = self.decoder.as_ref().ok_or_else(|| {
+                Rejection::new(
+                    "undecodable",
+                    format!("the {what} is {}, and no registry is configured", format.as_str()),
+                )
+            })?;
+            decoder.decode(format, bytes).map_err(|e| {
+                Rejection::new(
+                    "undecodable",
+                    format!("the {what} does not decode as {}: {e}", format.as_str()),
+                )
+            })
+        };
+        let mut out = record.clone();
+        if let Some(p) = &record.payload
+            && table.format.needs_registry()
+        {
+            out.payload = Some(decode(table.format, p, "message value")?.into_bytes());
+        }
+        if let Some(k) = &record.key
+            && table.key_format.needs_registry()
+        {
+            out.key = Some(Decoder::key_text(decode(table.key_format, k, "message key")?).into_bytes());
+        }
+        Ok(out)
     }
 
     /// Keeps an offset watermark for `group`: each batch raises, in its own transaction, the
@@ -296,9 +360,17 @@ impl MysqlSink {
 
     /// The table `record` goes to, and what it does there (or why it can do nothing).
     pub(crate) fn map(&self, record: &Record, now: time::OffsetDateTime) -> Mapped {
-        let index =
-            if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) };
-        (index, self.tables[index].mapping.map_op(record, now))
+        let index = self.table_of(record);
+        let table = &self.tables[index];
+        if !table.decodes() {
+            return (index, table.mapping.map_op(record, now));
+        }
+        (index, self.decoded(table, record).and_then(|r| table.mapping.map_op(&r, now)))
+    }
+
+    /// The position in `tables` of `record`'s table.
+    fn table_of(&self, record: &Record) -> usize {
+        if self.routes.is_empty() { 0 } else { self.routes.get(&*record.topic).copied().unwrap_or(0) }
     }
 
     /// A connection for one call, within `connect_timeout`, with the session settings applied.
@@ -470,6 +542,7 @@ impl Sink for MysqlSink {
         if records.is_empty() {
             return Ok(BatchOutcome::default());
         }
+        self.fetch_schemas(records).await?;
         // Map outside the transaction, to hold the watermark locks briefly.
         let now = time::OffsetDateTime::now_utc();
         let mapped: Vec<Mapped> = records.iter().map(|r| self.map(r, now)).collect();

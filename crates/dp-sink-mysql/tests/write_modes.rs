@@ -143,6 +143,7 @@ async fn two_topics_are_written_to_their_own_tables_in_one_transaction(server: &
         table: status_table.clone(),
         columns: std::mem::take(&mut config.columns),
         write: std::mem::take(&mut config.write),
+        ..Default::default()
     }];
     let mut conn = server.fresh(&config).await;
     let sink = MysqlSink::connect(&config).await.expect("connect");
