@@ -81,21 +81,24 @@ impl Decoder {
             let compiled = match self.registry.schema(id).await {
                 Ok(found) => {
                     let compiled = compile(&found.root.schema_type, &found.root.schema, &found.references);
-                    match &compiled {
-                        Compiled::Unusable(why) => {
-                            tracing::warn!(schema_id = id, "schema {id} is unusable: {why}")
-                        }
-                        _ => {
-                            tracing::info!(schema_id = id, schema_type = %found.root.schema_type, "fetched schema {id}")
-                        }
+                    if let Compiled::Unusable(why) = &compiled {
+                        fetched("unusable");
+                        tracing::warn!(schema_id = id, "schema {id} is unusable: {why}");
+                    } else {
+                        fetched("ok");
+                        tracing::info!(schema_id = id, schema_type = %found.root.schema_type, "fetched schema {id}");
                     }
                     compiled
                 }
                 Err(RegistryError::NotFound(why)) => {
+                    fetched("not_found");
                     tracing::warn!(schema_id = id, "schema {id} is not in the registry: {why}");
                     Compiled::Unusable(format!("schema {id} is not in the registry ({why})"))
                 }
-                Err(unavailable) => return Err(unavailable),
+                Err(unavailable) => {
+                    fetched("unavailable");
+                    return Err(unavailable);
+                }
             };
             self.lock().insert(id, Arc::new(compiled));
         }
@@ -158,6 +161,11 @@ impl Decoder {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Compiled>>> {
         self.schemas.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Counts one schema fetch in `dp_schema_fetches_total{result}`.
+fn fetched(result: &'static str) {
+    metrics::counter!("dp_schema_fetches_total", "result" => result).increment(1);
 }
 
 fn compile(schema_type: &str, text: &str, references: &[(String, String)]) -> Compiled {

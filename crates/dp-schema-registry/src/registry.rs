@@ -197,9 +197,15 @@ impl RegistryClient {
         match status {
             s if s.is_success() => serde_json::from_slice(&body)
                 .map_err(|e| unavailable(format!("the answer is not a schema: {e}"))),
-            StatusCode::NOT_FOUND => {
+            // Only the registry's own "not found" condemns the records that name the schema: a
+            // 404 without its error body is a wrong URL (or a proxy's page), an outage to fix.
+            StatusCode::NOT_FOUND if serde_json::from_slice::<ErrorBody>(&body).is_ok() => {
                 Err(RegistryError::NotFound(format!("{shown}: not found: {}", message())))
             }
+            StatusCode::NOT_FOUND => Err(unavailable(format!(
+                "404 without a Schema Registry error body ({}); is schema_registry.url the registry's base URL?",
+                message()
+            ))),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(unavailable(format!(
                 "{status}: {}; check schema_registry.username and password_file, or bearer_token_file",
                 message()
@@ -248,6 +254,79 @@ mod tests {
     fn subjects_are_percent_encoded() {
         assert_eq!(encode_segment("google/type/date.proto"), "google%2Ftype%2Fdate.proto");
         assert_eq!(encode_segment("acme.Parcel-value"), "acme.Parcel-value");
+    }
+
+    /// A one-route HTTP server: answers every request with `status` and `body`, and sends
+    /// each request's head down the channel.
+    async fn server(
+        status: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    fn client(urls: Vec<String>, f: impl FnOnce(&mut SchemaRegistryConfig)) -> RegistryClient {
+        let mut c =
+            SchemaRegistryConfig { url: urls, request_timeout: Duration::from_secs(2), ..Default::default() };
+        f(&mut c);
+        RegistryClient::new(&c).expect("client")
+    }
+
+    #[tokio::test]
+    async fn answers_are_sorted_into_missing_schemas_and_outages() {
+        let (found, mut requests) = server("200 OK", r#"{"schema":"\"long\""}"#).await;
+        let dir = std::env::temp_dir().join(format!("dp-sr-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("pw"), "s3cret\n").expect("pw");
+        std::fs::write(dir.join("token"), "tok-1\n").expect("token");
+        // The first URL refuses connections: the next one is asked.
+        let refused = format!("http://127.0.0.1:{}", {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        });
+        let c = client(vec![refused, found.clone()], |c| {
+            c.username = Some("key".into());
+            c.password_file = Some(dir.join("pw"));
+        });
+        let s = c.schema(7).await.expect("found on the second URL");
+        assert_eq!((s.root.schema.as_str(), s.root.schema_type.as_str()), ("\"long\"", "AVRO"));
+        let head = requests.recv().await.expect("request");
+        assert!(head.starts_with("GET /schemas/ids/7 HTTP/1.1"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("authorization: basic a2v5onmzy3jlda=="), "{head}");
+        let c = client(vec![found], |c| c.bearer_token_file = Some(dir.join("token")));
+        c.schema(7).await.expect("found");
+        let head = requests.recv().await.expect("request");
+        assert!(head.to_ascii_lowercase().contains("authorization: bearer tok-1"), "{head}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+
+        let (url, _r) =
+            server("404 Not Found", r#"{"error_code":40403,"message":"Schema 7 not found"}"#).await;
+        let e = client(vec![url], |_| {}).schema(7).await.expect_err("missing");
+        assert!(matches!(&e, RegistryError::NotFound(m) if m.contains("Schema 7 not found")), "{e:?}");
+        let (url, _r) = server("404 Not Found", "<html>no such page</html>").await;
+        let e = client(vec![url], |_| {}).schema(7).await.expect_err("a wrong URL");
+        assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("base URL")), "{e:?}");
+        let (url, _r) = server("401 Unauthorized", r#"{"error_code":401,"message":"Unauthorized"}"#).await;
+        let e = client(vec![url], |_| {}).schema(7).await.expect_err("refused");
+        assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("username")), "{e:?}");
+        let (url, _r) = server("503 Service Unavailable", "").await;
+        assert!(matches!(client(vec![url], |_| {}).schema(7).await, Err(RegistryError::Unavailable(_))));
     }
 
     #[test]

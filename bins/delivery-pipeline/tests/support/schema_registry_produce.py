@@ -10,8 +10,8 @@ computes the same values to check every row. Avro: records 0..N/2 use the first 
 the schema, the rest an evolved one (a new nullable field), keys are Avro strings. Protobuf:
 every tenth record is a `Correction` (message index [1]), the others a `Parcel` importing a
 registered `common/address.proto` and the well-known Timestamp. After the good records the
-Avro topic gets four that cannot be decoded (see `bad_records`). Prints one JSON line of what
-it produced.
+Avro topic gets four that cannot be decoded (see `bad`), then two tombstones with Avro keys
+(`TOMBSTONES`). Prints one JSON line of what it produced.
 """
 
 import argparse
@@ -59,6 +59,8 @@ PARCEL_SCHEMA_JSON = {
 }
 
 STATUSES = ["NEW", "PICKED_UP", "DELIVERED"]
+# The Avro records whose rows a tombstone (keyed with an Avro string) deletes.
+TOMBSTONES = [10, 211]
 
 
 def avro_value(i, count):
@@ -160,6 +162,9 @@ def main():
     ]
     for j, value in enumerate(bad):
         send(args.avro_topic, avro_key(f"BAD{j}", key_ctx), value)
+    # Tombstones keyed by Avro strings: deletes of two rows.
+    for i in TOMBSTONES:
+        send(args.avro_topic, avro_key(f"K{i:05d}", key_ctx), None)
     # Protobuf: two message types of one file, and a registered import.
     parcel_cls, correction_cls = proto_classes()
     parcel = ProtobufSerializer(parcel_cls, registry)
@@ -187,7 +192,7 @@ def main():
     left = producer.flush(30)
     if left or failures:
         raise SystemExit(f"{left} records not delivered; failures: {failures[:3]}")
-    print(json.dumps({"avro": n + len(bad), "protobuf": n, "json_schema": n}))
+    print(json.dumps({"avro": n + len(bad) + len(TOMBSTONES), "protobuf": n, "json_schema": n}))
 
 
 if __name__ == "__main__":
