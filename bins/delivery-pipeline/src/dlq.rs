@@ -6,6 +6,7 @@
 //! repeat finds the row already there and deletes the entry then); an entry still refused stays,
 //! with its attempt count raised and its reason refreshed.
 
+use dp_schema_registry::{Decoder, SchemaRegistryConfig};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -201,11 +202,17 @@ impl fmt::Display for ReplayReport {
 /// nothing is lost, and running it again resumes.
 pub async fn replay(
     config: &MysqlSinkConfig,
+    registry: &SchemaRegistryConfig,
     filter: &Filter,
     progress: bool,
 ) -> anyhow::Result<ReplayReport> {
     // No consumer group: the offset watermark would skip every entry (they are below it).
-    let sink = connect(config).await?;
+    let mut sink = connect(config).await?;
+    if !config.registry_formats().is_empty() {
+        // Entries of Avro, Protobuf and JSON Schema topics are decoded again, as when consumed.
+        let decoder = Decoder::new(registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+        sink = sink.with_decoder(std::sync::Arc::new(decoder));
+    }
     let table = config.dead_letter_table();
     let (clause, params) = filter.clause();
     let mut conn = sink.pool().get_conn().await.context("cannot get a mysql connection")?;
@@ -280,7 +287,7 @@ pub async fn replay(
                     let why = if e.is_statement() {
                         "MySQL refuses the statement for every row (fix the table or the mapping)"
                     } else {
-                        "MySQL failed transiently"
+                        "MySQL (or the Schema Registry) failed transiently"
                     };
                     return Err(anyhow::Error::new(e).context(format!(
                         "{why} after {} entries; nothing was lost, run the replay again",

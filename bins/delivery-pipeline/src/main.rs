@@ -393,7 +393,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::Replay { filter } } => {
-            let report = dlq::replay(&config.mysql, &filter.into(), true).await?;
+            let report = dlq::replay(&config.mysql, &config.schema_registry, &filter.into(), true).await?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }

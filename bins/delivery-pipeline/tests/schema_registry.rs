@@ -7,7 +7,8 @@
 //! without it. While it is down nothing may be written or dead-lettered; once it is back every
 //! row must be exactly what its record says, two tombstones with Avro keys must delete their
 //! rows, the four undecodable records must be dead-lettered as `undecodable`, and each schema
-//! id must have been fetched exactly once.
+//! id must have been fetched exactly once. Then the unknown schema is registered, and
+//! `dlq replay` stores the two records that named it.
 
 mod common;
 
@@ -343,6 +344,34 @@ async fn avro_protobuf_and_json_schema_records_arrive_exactly_through_a_registry
         "the Protobuf import, by its subject: {asked:?}"
     );
     assert_eq!(env.redis_keys().await, 0);
+
+    // The schema the two unknown-id records name is registered after all (their body is a
+    // datum of the first Avro schema): `dlq replay`, with the same settings, decodes and stores
+    // them; the cut-short datum and the plain JSON stay dead letters.
+    registry.kill();
+    let text = std::fs::read_to_string(&state).expect("registry state");
+    let mut saved: serde_json::Value = serde_json::from_str(&text).expect("state json");
+    let schemas = saved["schemas"].as_array_mut().expect("schemas");
+    let first = schemas[0].clone();
+    while schemas.len() < UNKNOWN as usize {
+        schemas.push(serde_json::json!({"schema": "\"null\"", "schemaType": "AVRO", "references": []}));
+    }
+    schemas[UNKNOWN as usize - 1] = first;
+    std::fs::write(&state, saved.to_string()).expect("write state");
+    registry.restart();
+    let filter = delivery_pipeline::dlq::Filter { class: Some("undecodable".into()), ..Default::default() };
+    let report = delivery_pipeline::dlq::replay(&config.mysql, &config.schema_registry, &filter, false)
+        .await
+        .expect("replay");
+    assert_eq!((report.entries, report.inserted, report.still_refused), (4, 2, 2), "{report:?}");
+    let replayed: Vec<(String, String)> = c
+        .query(format!("SELECT k, id FROM `{avro_table}` WHERE k LIKE 'BAD%' ORDER BY k"))
+        .await
+        .expect("replayed rows");
+    assert_eq!(
+        replayed,
+        [("BAD0".to_owned(), "A00000".to_owned()), ("BAD1".to_owned(), "A00000".to_owned())]
+    );
     let _ = std::fs::remove_file(&password);
     let _ = std::fs::remove_file(&state);
     eprintln!("schema registry: {produced:?} produced; {s:?}; registry requests {asked:?}");

@@ -835,3 +835,58 @@ async fn secrets_never_reach_the_output_of_a_failing_start() {
     let text = check(&out, "run with a wrong mysql password");
     assert!(text.contains("Access denied"), "{text}");
 }
+
+/// The Schema Registry over HTTPS (the test registry with this PKI's server certificate): with
+/// the right CA a schema is fetched and a value decodes; with another CA, or a certificate for
+/// another name, the registry counts as unreachable (an outage: retried, nothing dead-lettered)
+/// and the error says why.
+#[tokio::test]
+async fn the_schema_registry_over_tls_verifies_the_server() {
+    use dp_schema_registry::{Decoder, Format, RegistryError, SchemaRegistryConfig};
+    let pki = Pki::generate();
+    let start = |cert: &str| {
+        let port = free_port();
+        std::fs::write(
+            pki.path(&format!("registry-{port}.json")),
+            r#"{"schemas": [{"schema": "\"string\"", "schemaType": "AVRO", "references": []}], "subjects": {}, "requests": {}}"#,
+        )
+        .expect("state");
+        let child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/schema_registry.py"))
+            .args(["--port", &port.to_string(), "--state"])
+            .arg(pki.path(&format!("registry-{port}.json")))
+            .arg("--cert")
+            .arg(pki.path(cert))
+            .arg("--key")
+            .arg(pki.path("server.key"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3");
+        wait_port(port, "the test registry");
+        (Own(child), format!("https://localhost:{port}"))
+    };
+    // Schema 1 is the Avro string; the value "abc".
+    let framed: &[u8] = &[0, 0, 0, 0, 1, 6, b'a', b'b', b'c'];
+    let decoder = |url: &str, tls: TlsConfig| {
+        Decoder::new(&SchemaRegistryConfig {
+            url: vec![url.to_owned()],
+            tls,
+            ..SchemaRegistryConfig::default()
+        })
+        .expect("decoder")
+    };
+    let (_good, url) = start("server.pem");
+    let d = decoder(&url, pki.tls("ca.pem"));
+    d.prepare(&[framed]).await.expect("fetched over TLS");
+    assert_eq!(d.decode(Format::Avro, framed).as_deref(), Ok(r#""abc""#));
+    let e = decoder(&url, pki.tls("other-ca.pem")).prepare(&[framed]).await.expect_err("untrusted");
+    assert!(
+        matches!(&e, RegistryError::Unavailable(m) if m.contains("not trusted") && m.contains("schema_registry.tls.ca_file")),
+        "{e:?}"
+    );
+    let (_elsewhere, url) = start("elsewhere.pem");
+    let e = decoder(&url, pki.tls("ca.pem")).prepare(&[framed]).await.expect_err("another name");
+    assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("does not name the host")), "{e:?}");
+    let lowered = TlsConfig { verify: TlsVerify::Ca, ..pki.tls("ca.pem") };
+    decoder(&url, lowered).prepare(&[framed]).await.expect("verify = ca accepts another name");
+}

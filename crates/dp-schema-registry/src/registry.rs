@@ -177,7 +177,13 @@ impl RegistryClient {
         }
         let request = request.body(Empty::new()).map_err(|e| unavailable(e.to_string()))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| unavailable(error_chain(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| {
+                let chain = error_chain(&e);
+                match dp_core::explain_tls_error(&chain, "schema_registry.tls") {
+                    Some(hint) => unavailable(format!("{chain} ({hint})")),
+                    None => unavailable(chain),
+                }
+            })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()

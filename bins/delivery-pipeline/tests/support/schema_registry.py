@@ -2,7 +2,7 @@
 pipeline's client call, and nothing else (no Confluent or Apicurio registry can be installed
 here).
 
-    python3 schema_registry.py --port P --state FILE [--auth USER:PASSWORD]
+    python3 schema_registry.py --port P --state FILE [--auth USER:PASSWORD] [--cert PEM --key PEM]
 
 - POST /subjects/{subject}/versions      register (the same schema keeps its id)
 - POST /subjects/{subject}               look a schema up in a subject
@@ -12,7 +12,8 @@ here).
 
 Everything, the request counts included, is kept in FILE and read back at start: the test
 kills the process (SIGKILL) to take the registry down and starts it again on the same port.
-With --auth, every request must carry that user and password (HTTP basic).
+With --auth, every request must carry that user and password (HTTP basic). With --cert and
+--key it speaks only HTTPS.
 """
 
 import argparse
@@ -20,6 +21,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -173,11 +175,17 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", required=True)
     parser.add_argument("--auth")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
     Handler.state = State(args.state)
     Handler.auth = args.auth
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 
