@@ -7,16 +7,16 @@
 //! | Avro | JSON |
 //! | --- | --- |
 //! | null, boolean, int, long, string | as is |
-//! | float, double | a number; NaN and the infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` |
+//! | float, double | a number (a float with its shortest 32-bit digits: `0.1`); NaN and the infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` |
 //! | bytes, fixed | standard base64 |
 //! | enum | its symbol |
 //! | union | the branch's value, unwrapped (`/field` pointers reach it directly) |
 //! | array, map, record | array, object, object |
-//! | decimal, big-decimal | a string with every digit: `"-12.30"` |
+//! | decimal, big-decimal | a string with every digit, never an exponent: `"-12.30"` |
 //! | date | `"2024-05-01"` |
 //! | time-millis, time-micros | the number, as written |
 //! | timestamp-millis, -micros, -nanos | RFC 3339 in UTC: `"2024-05-01T12:00:00.123Z"` |
-//! | local-timestamp-* | the same text without the `Z` (no zone is known) |
+//! | local-timestamp-* | the same, its wall-clock reading taken as UTC (no zone is known) |
 //! | uuid | hyphenated |
 //! | duration | `{"months": m, "days": d, "millis": ms}` |
 
@@ -77,14 +77,31 @@ impl AvroSchema {
             .resolved_writer_schemata(resolved.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let mut rest = body;
+        let mut rest = Strict(body);
         let value =
             reader.read_value(&mut rest).map_err(|e| format!("not an Avro datum of its schema: {e}"))?;
-        if !rest.is_empty() {
-            return Err(format!("{} bytes follow the Avro datum", rest.len()));
+        if !rest.0.is_empty() {
+            return Err(format!("{} bytes follow the Avro datum", rest.0.len()));
         }
         let json = AvroJson { value: &value, schema: &self.schema, names: resolved.get_names(), ns: None };
         serde_json::to_string(&json).map_err(|e| e.to_string())
+    }
+}
+
+/// The datum's bytes, read so that running out is an error. apache-avro takes the end of its
+/// input where a union's branch or a boolean should be for a null, so a value cut short
+/// would otherwise decode, its last fields null.
+struct Strict<'a>(&'a [u8]);
+
+impl std::io::Read for Strict<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() && !buf.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the datum ends early"));
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
     }
 }
 
@@ -103,9 +120,9 @@ fn recursive(
             if stack.contains(&text) {
                 return Some(text);
             }
-            let (n, s) = names.iter().find(|(n, _)| **n == *full)?;
+            let s = names.get(&*full)?;
             stack.push(text);
-            let found = recursive(s, n.namespace(), names, stack);
+            let found = recursive(s, full.namespace(), names, stack);
             stack.pop();
             found
         }
@@ -145,9 +162,9 @@ impl Serialize for AvroJson<'_> {
         if let Schema::Ref { name } = schema {
             let full = name.fully_qualified_name(ns);
             let found =
-                self.names.iter().find(|(n, _)| **n == *full).map(|(n, s)| (n.namespace(), *s)).ok_or_else(
-                    || S::Error::custom(format!("the schema names `{full}` but defines no such type")),
-                )?;
+                self.names.get_key_value(&*full).map(|(n, s)| (n.namespace(), *s)).ok_or_else(|| {
+                    S::Error::custom(format!("the schema names `{full}` but defines no such type"))
+                })?;
             (ns, schema) = found;
         }
         match (self.value, schema) {
@@ -182,12 +199,24 @@ impl Serialize for AvroJson<'_> {
             }
             (Value::Decimal(d), Schema::Decimal(ds)) => {
                 let unscaled = num_bigint::BigInt::from(d.clone());
+                // Digits beyond the precision are refused before the (quadratic) conversion to
+                // text: 10^p needs fewer than 3.33 p + 1 bits.
+                if unscaled.bits() > (ds.precision as u64 * 10).div_ceil(3) + 1 {
+                    return Err(S::Error::custom(format!(
+                        "a decimal has more digits than its precision {}",
+                        ds.precision
+                    )));
+                }
                 s.serialize_str(&scaled(&unscaled.to_string(), ds.scale))
             }
             (value, _) => plain(value, s),
         }
     }
 }
+
+/// The largest scale a `big-decimal` may have: MySQL's `DECIMAL` holds 30 digits after the
+/// point; far more is a hostile value, whose plain text would be huge.
+const MAX_BIG_DECIMAL_SCALE: u64 = 1000;
 
 /// A value whose JSON form needs no schema.
 fn plain<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
@@ -197,29 +226,35 @@ fn plain<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
         Value::Date(days) => s.serialize_str(&date(*days).map_err(S::Error::custom)?),
         Value::Int(i) | Value::TimeMillis(i) => s.serialize_i32(*i),
         Value::Long(i) | Value::TimeMicros(i) => s.serialize_i64(*i),
+        Value::Float(f) if f.is_finite() => s.serialize_f32(*f),
         Value::Float(f) => float(f64::from(*f), s),
         Value::Double(f) => float(*f, s),
         Value::Bytes(b) | Value::Fixed(_, b) => s.serialize_str(&BASE64.encode(b)),
         Value::String(t) | Value::Enum(_, t) => s.serialize_str(t),
         Value::Uuid(u) => s.serialize_str(&u.hyphenated().to_string()),
-        Value::BigDecimal(d) => s.serialize_str(&d.to_string()),
+        Value::BigDecimal(d) => {
+            // Plain digits (not `1E-7`), for a scale a column could hold.
+            let (_, exponent) = d.as_bigint_and_exponent();
+            if exponent.unsigned_abs() > MAX_BIG_DECIMAL_SCALE {
+                return Err(S::Error::custom(format!("a big-decimal's scale {exponent} is out of range")));
+            }
+            s.serialize_str(&d.to_plain_string())
+        }
         Value::TimestampMillis(t) => {
-            s.serialize_str(&timestamp(i128::from(*t) * 1_000_000, true).map_err(S::Error::custom)?)
+            s.serialize_str(&timestamp(i128::from(*t) * 1_000_000).map_err(S::Error::custom)?)
         }
         Value::TimestampMicros(t) => {
-            s.serialize_str(&timestamp(i128::from(*t) * 1_000, true).map_err(S::Error::custom)?)
+            s.serialize_str(&timestamp(i128::from(*t) * 1_000).map_err(S::Error::custom)?)
         }
-        Value::TimestampNanos(t) => {
-            s.serialize_str(&timestamp(i128::from(*t), true).map_err(S::Error::custom)?)
-        }
+        Value::TimestampNanos(t) => s.serialize_str(&timestamp(i128::from(*t)).map_err(S::Error::custom)?),
         Value::LocalTimestampMillis(t) => {
-            s.serialize_str(&timestamp(i128::from(*t) * 1_000_000, false).map_err(S::Error::custom)?)
+            s.serialize_str(&timestamp(i128::from(*t) * 1_000_000).map_err(S::Error::custom)?)
         }
         Value::LocalTimestampMicros(t) => {
-            s.serialize_str(&timestamp(i128::from(*t) * 1_000, false).map_err(S::Error::custom)?)
+            s.serialize_str(&timestamp(i128::from(*t) * 1_000).map_err(S::Error::custom)?)
         }
         Value::LocalTimestampNanos(t) => {
-            s.serialize_str(&timestamp(i128::from(*t), false).map_err(S::Error::custom)?)
+            s.serialize_str(&timestamp(i128::from(*t)).map_err(S::Error::custom)?)
         }
         Value::Duration(d) => {
             let mut map = s.serialize_map(Some(3))?;
@@ -267,12 +302,12 @@ fn date(days: i32) -> Result<String, String> {
     Ok(out)
 }
 
-/// Nanoseconds since the epoch as RFC 3339 in UTC; without the `Z` for a local time.
-fn timestamp(nanos: i128, utc: bool) -> Result<String, String> {
+/// Nanoseconds since the epoch as RFC 3339 in UTC. A local timestamp (no zone known) is
+/// written the same way: its wall-clock reading, as if in UTC.
+fn timestamp(nanos: i128) -> Result<String, String> {
     let t = OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .map_err(|_| format!("timestamp {nanos} ns from 1970 is out of range"))?;
-    let text = t.format(&Rfc3339).map_err(|e| format!("timestamp {nanos} ns: {e}"))?;
-    Ok(if utc { text } else { text.trim_end_matches('Z').to_owned() })
+    t.format(&Rfc3339).map_err(|e| format!("timestamp {nanos} ns: {e}"))
 }
 
 #[cfg(test)]
@@ -366,6 +401,59 @@ mod tests {
         let e = AvroSchema::parse(list, &[]).expect_err("recursive");
         assert!(e.contains("recursive (`Node` contains itself)"), "{e}");
         AvroSchema::parse(SHIPMENT, &[]).expect("Address used twice is not recursion");
+    }
+
+    #[test]
+    fn a_datum_cut_short_is_refused_even_before_trailing_unions() {
+        let schema = r#"{"type":"record","name":"R","fields":[
+            {"name":"id","type":"string"},{"name":"a","type":["null","string"]},{"name":"b","type":"boolean"}]}"#;
+        let avro = AvroSchema::parse(schema, &[]).expect("parses");
+        let value = Value::Record(vec![
+            ("id".into(), "x".into()),
+            ("a".into(), Value::Union(1, Box::new("y".into()))),
+            ("b".into(), Value::Boolean(true)),
+        ]);
+        let whole = encode(&avro.schema, value);
+        assert_eq!(avro.to_json(&whole).expect("whole"), r#"{"id":"x","a":"y","b":true}"#);
+        for cut in [2, whole.len() - 1] {
+            let e = avro.to_json(&whole[..cut]).expect_err("cut short");
+            assert!(e.contains("ends early"), "cut at {cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn floats_big_decimals_and_time_logical_types() {
+        let schema = r#"{"type":"record","name":"R","fields":[
+            {"name":"f","type":"float"},
+            {"name":"big","type":{"type":"bytes","logicalType":"big-decimal"}},
+            {"name":"us","type":{"type":"long","logicalType":"timestamp-micros"}},
+            {"name":"local","type":{"type":"long","logicalType":"local-timestamp-millis"}},
+            {"name":"u","type":{"type":"string","logicalType":"uuid"}},
+            {"name":"small","type":{"type":"fixed","name":"D","size":4,"logicalType":"decimal","precision":4,"scale":1}}]}"#;
+        let avro = AvroSchema::parse(schema, &[]).expect("parses");
+        let big: bigdecimal::BigDecimal = "0.0000001".parse().expect("big decimal");
+        let value = Value::Record(vec![
+            ("f".into(), Value::Float(0.1)),
+            ("big".into(), Value::BigDecimal(big)),
+            ("us".into(), Value::TimestampMicros(1_714_564_800_123_456)),
+            ("local".into(), Value::LocalTimestampMillis(1_714_564_800_000)),
+            ("u".into(), Value::Uuid(apache_avro::Uuid::nil())),
+            ("small".into(), Value::Decimal(Decimal::from(vec![0xff, 0xff, 0xff, 0x85]))),
+        ]);
+        assert_eq!(
+            avro.to_json(&encode(&avro.schema, value)).expect("decodes"),
+            r#"{"f":0.1,"big":"0.0000001","us":"2024-05-01T12:00:00.123456Z","local":"2024-05-01T12:00:00Z","u":"00000000-0000-0000-0000-000000000000","small":"-12.3"}"#
+        );
+    }
+
+    #[test]
+    fn a_decimal_with_more_digits_than_its_precision_is_refused() {
+        let schema = r#"{"type":"bytes","logicalType":"decimal","precision":4,"scale":2}"#;
+        let avro = AvroSchema::parse(schema, &[]).expect("parses");
+        let mut body = vec![0x40]; // 32 bytes follow
+        body.extend([0x7f; 32]);
+        let e = avro.to_json(&body).expect_err("too many digits");
+        assert!(e.contains("more digits than its precision 4"), "{e}");
     }
 
     #[test]

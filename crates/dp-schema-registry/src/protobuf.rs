@@ -3,8 +3,8 @@
 //! A registry returns a Protobuf schema as `.proto` text, or as a base64
 //! `FileDescriptorProto` (what the Python serializer registers); both compile with protox,
 //! imports included. The Confluent serializers never register their "built-in" imports
-//! (`google/protobuf/*`, `confluent/*`): protox serves the first, and this module bundles
-//! `confluent/meta.proto` and `confluent/type/decimal.proto`.
+//! (`google/protobuf/*`, `google/type/*`, `confluent/*`): protox serves the first, and this
+//! module bundles the others.
 //!
 //! The JSON is proto3's canonical mapping with the field names of the `.proto` file (not the
 //! lowerCamelCase JSON names), 64-bit integers as numbers, and fields left at their default
@@ -25,10 +25,28 @@ const ROOT: &str = "__schema_registry_root.proto";
 /// The most message indexes a framed value may carry (the Python deserializer's limit).
 const MAX_INDEXES: usize = 100_000;
 
-/// Imports the Confluent serializers never register.
+/// Imports the Confluent serializers never register: theirs, and Google's common types
+/// (`google/type/*.proto`, Apache-2.0, from the `googleapis-common-protos` package).
 const BUNDLED: &[(&str, &str)] = &[
     ("confluent/meta.proto", include_str!("proto/confluent/meta.proto")),
     ("confluent/type/decimal.proto", include_str!("proto/confluent/type/decimal.proto")),
+    ("google/type/calendar_period.proto", include_str!("proto/google/type/calendar_period.proto")),
+    ("google/type/color.proto", include_str!("proto/google/type/color.proto")),
+    ("google/type/date.proto", include_str!("proto/google/type/date.proto")),
+    ("google/type/datetime.proto", include_str!("proto/google/type/datetime.proto")),
+    ("google/type/dayofweek.proto", include_str!("proto/google/type/dayofweek.proto")),
+    ("google/type/decimal.proto", include_str!("proto/google/type/decimal.proto")),
+    ("google/type/expr.proto", include_str!("proto/google/type/expr.proto")),
+    ("google/type/fraction.proto", include_str!("proto/google/type/fraction.proto")),
+    ("google/type/interval.proto", include_str!("proto/google/type/interval.proto")),
+    ("google/type/latlng.proto", include_str!("proto/google/type/latlng.proto")),
+    ("google/type/localized_text.proto", include_str!("proto/google/type/localized_text.proto")),
+    ("google/type/money.proto", include_str!("proto/google/type/money.proto")),
+    ("google/type/month.proto", include_str!("proto/google/type/month.proto")),
+    ("google/type/phone_number.proto", include_str!("proto/google/type/phone_number.proto")),
+    ("google/type/postal_address.proto", include_str!("proto/google/type/postal_address.proto")),
+    ("google/type/quaternion.proto", include_str!("proto/google/type/quaternion.proto")),
+    ("google/type/timeofday.proto", include_str!("proto/google/type/timeofday.proto")),
 ];
 
 /// A compiled Protobuf schema: the root file's messages.
@@ -119,7 +137,11 @@ fn zigzag(bytes: &[u8]) -> Result<(i64, &[u8]), String> {
             return Ok((signed, &bytes[i + 1..]));
         }
     }
-    Err("the message indexes are cut short".to_owned())
+    Err(if bytes.len() >= 10 {
+        "a message index is longer than a 64-bit varint".to_owned()
+    } else {
+        "the message indexes are cut short".to_owned()
+    })
 }
 
 /// The registered schemas, by import path: `.proto` text or a base64 `FileDescriptorProto`.
@@ -246,6 +268,20 @@ mod tests {
                 .expect_err("truncated")
                 .starts_with("not a `acme.Parcel`")
         );
+    }
+
+    #[test]
+    fn google_common_types_need_no_reference() {
+        let schema = r#"syntax = "proto3"; import "google/type/money.proto"; import "google/type/date.proto";
+            message Price { google.type.Money amount = 1; google.type.Date day = 2; }"#;
+        let s = ProtoSchema::compile(schema, &HashMap::new()).expect("bundled");
+        let mut m = DynamicMessage::new(s.message(&[0]).expect("Price"));
+        let mut money = DynamicMessage::new(s.pool.get_message_by_name("google.type.Money").expect("Money"));
+        money.set_field_by_name("currency_code", Value::String("EUR".into()));
+        money.set_field_by_name("units", Value::I64(12));
+        m.set_field_by_name("amount", Value::Message(money));
+        let json = s.to_json(&[0], &m.encode_to_vec()).expect("decodes");
+        assert_eq!(json, r#"{"amount":{"currency_code":"EUR","units":12,"nanos":0}}"#);
     }
 
     #[test]

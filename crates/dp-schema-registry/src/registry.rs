@@ -150,16 +150,26 @@ impl RegistryClient {
         Ok(SchemaWithReferences { root, references })
     }
 
-    /// GETs `path` from the first URL that answers.
+    /// GETs `path` from the first URL that has it. "Not found" is the answer only when every
+    /// URL says so (one may be a follower lagging behind); any URL that cannot answer makes
+    /// the whole request an outage, to be retried.
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
-        let mut last = RegistryError::Unavailable("schema_registry.url: no URL is configured".to_owned());
+        let mut unavailable = None;
+        let mut not_found = None;
         for base in &self.urls {
             match self.get_from(base, path).await {
-                Err(RegistryError::Unavailable(m)) => last = RegistryError::Unavailable(m),
-                done => return done,
+                Ok(found) => return Ok(found),
+                Err(RegistryError::Unavailable(m)) => unavailable = Some(m),
+                Err(RegistryError::NotFound(m)) => not_found = Some(m),
             }
         }
-        Err(last)
+        Err(match (unavailable, not_found) {
+            (Some(m), _) => RegistryError::Unavailable(m),
+            (None, Some(m)) => RegistryError::NotFound(m),
+            (None, None) => {
+                RegistryError::Unavailable("schema_registry.url: no URL is configured".to_owned())
+            }
+        })
     }
 
     async fn get_from<T: serde::de::DeserializeOwned>(
@@ -203,13 +213,18 @@ impl RegistryClient {
         match status {
             s if s.is_success() => serde_json::from_slice(&body)
                 .map_err(|e| unavailable(format!("the answer is not a schema: {e}"))),
-            // Only the registry's own "not found" condemns the records that name the schema: a
-            // 404 without its error body is a wrong URL (or a proxy's page), an outage to fix.
-            StatusCode::NOT_FOUND if serde_json::from_slice::<ErrorBody>(&body).is_ok() => {
+            // Only the registry's own "no such schema, subject or version" (40403, 40401,
+            // 40402) condemns the records that name the schema: any other 404 is a wrong URL
+            // (or a proxy's page; the registry answers an unknown path with error 404), an
+            // outage to fix.
+            StatusCode::NOT_FOUND
+                if serde_json::from_slice::<ErrorBody>(&body)
+                    .is_ok_and(|e| matches!(e.error_code, 40401..=40403)) =>
+            {
                 Err(RegistryError::NotFound(format!("{shown}: not found: {}", message())))
             }
             StatusCode::NOT_FOUND => Err(unavailable(format!(
-                "404 without a Schema Registry error body ({}); is schema_registry.url the registry's base URL?",
+                "404 without the registry's \"not found\" error ({}); is schema_registry.url the registry's base URL?",
                 message()
             ))),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(unavailable(format!(
@@ -328,6 +343,18 @@ mod tests {
         let (url, _r) = server("404 Not Found", "<html>no such page</html>").await;
         let e = client(vec![url], |_| {}).schema(7).await.expect_err("a wrong URL");
         assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("base URL")), "{e:?}");
+        // What the registry answers for a path it does not serve (a wrong base path).
+        let (url, _r) = server("404 Not Found", r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#).await;
+        let e = client(vec![url.clone()], |_| {}).schema(7).await.expect_err("a wrong path");
+        assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("base URL")), "{e:?}");
+        // One URL does not have it (a follower behind), the next one does.
+        let (missing, _r) =
+            server("404 Not Found", r#"{"error_code":40403,"message":"Schema 7 not found"}"#).await;
+        let (found, _r) = server("200 OK", r#"{"schema":"\"long\""}"#).await;
+        client(vec![missing.clone(), found], |_| {}).schema(7).await.expect("the second URL has it");
+        // One says "not found", the other cannot answer: no conclusion, an outage.
+        let e = client(vec![missing, url], |_| {}).schema(7).await.expect_err("undecided");
+        assert!(matches!(&e, RegistryError::Unavailable(_)), "{e:?}");
         let (url, _r) = server("401 Unauthorized", r#"{"error_code":401,"message":"Unauthorized"}"#).await;
         let e = client(vec![url], |_| {}).schema(7).await.expect_err("refused");
         assert!(matches!(&e, RegistryError::Unavailable(m) if m.contains("username")), "{e:?}");

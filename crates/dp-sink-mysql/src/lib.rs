@@ -67,8 +67,15 @@ struct Table {
 }
 
 impl Table {
+    /// True when its records' values or keys go through the Schema Registry.
     fn decodes(&self) -> bool {
-        self.format.needs_registry() || self.key_format.needs_registry()
+        self.format.needs_registry() || self.decodes_keys()
+    }
+
+    /// True when its records' keys are decoded: read through the registry, and read at all (a
+    /// `kafka_key` column, deletes). A key nothing reads is never a reason to dead-letter.
+    fn decodes_keys(&self) -> bool {
+        self.key_format.needs_registry() && self.mapping.reads_key()
     }
 }
 

@@ -25,7 +25,7 @@ use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 
 use crate::fault::classify;
 use crate::mapping::{DateTimeParts, Delete, Op, Round, WriteMode};
-use dp_schema_registry::{Decoder, Format};
+use dp_schema_registry::{DecodeError, Decoder, Format};
 
 /// The most rows one delete statement names: a long `OR` of key conditions (and, soft, a
 /// `CASE` of as many branches) stays within what the range optimizer plans as key lookups.
@@ -161,39 +161,45 @@ impl MysqlSink {
         for r in records {
             let table = &self.tables[self.table_of(r)];
             framed.extend(r.payload.as_deref().filter(|_| table.format.needs_registry()));
-            framed.extend(r.key.as_deref().filter(|_| table.key_format.needs_registry()));
+            framed.extend(r.key.as_deref().filter(|_| table.decodes_keys()));
         }
         decoder.prepare(&framed).await.map_err(|e| SinkError::transient(e.to_string()))
     }
 
-    /// `record` with its value and key decoded as its table's formats say.
-    fn decoded(&self, table: &Table, record: &Record) -> Result<Record, Rejection> {
-        let decode = |format: Format, bytes: &[u8], what: &str| {
-            let decoder = self.decoder.as_ref().ok_or_else(|| {
-                Rejection::new(
-                    "undecodable",
-                    format!("the {what} is {}, and no registry is configured", format.as_str()),
-                )
-            })?;
-            decoder.decode(format, bytes).map_err(|e| {
-                Rejection::new(
-                    "undecodable",
-                    format!("the {what} does not decode as {}: {e}", format.as_str()),
-                )
-            })
+    /// `record` with its value and key decoded as its table's formats say (the key only when
+    /// the table reads it); `Err` when the schemas were not fetched first (a transient error).
+    fn decoded(&self, table: &Table, record: &Record) -> Result<Result<Record, Rejection>, SinkError> {
+        let Some(decoder) = &self.decoder else {
+            return Err(SinkError::statement(
+                "a table reads a Schema Registry format, but no registry is configured ([schema_registry])",
+            ));
+        };
+        let decode = |format: Format, bytes: &[u8], what: &str| match decoder.decode(format, bytes) {
+            Ok(json) => Ok(Ok(json)),
+            Err(e @ DecodeError::NotFetched(_)) => Err(SinkError::transient(e.to_string())),
+            Err(e) => Ok(Err(Rejection::new(
+                "undecodable",
+                format!("the {what} does not decode as {}: {e}", format.as_str()),
+            ))),
         };
         let mut out = record.clone();
         if let Some(p) = &record.payload
             && table.format.needs_registry()
         {
-            out.payload = Some(decode(table.format, p, "message value")?.into_bytes());
+            match decode(table.format, p, "message value")? {
+                Ok(json) => out.payload = Some(json.into_bytes()),
+                Err(rejection) => return Ok(Err(rejection)),
+            }
         }
         if let Some(k) = &record.key
-            && table.key_format.needs_registry()
+            && table.decodes_keys()
         {
-            out.key = Some(Decoder::key_text(decode(table.key_format, k, "message key")?).into_bytes());
+            match decode(table.key_format, k, "message key")? {
+                Ok(json) => out.key = Some(Decoder::key_text(json).into_bytes()),
+                Err(rejection) => return Ok(Err(rejection)),
+            }
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// Keeps an offset watermark for `group`: each batch raises, in its own transaction, the
@@ -359,13 +365,13 @@ impl MysqlSink {
     }
 
     /// The table `record` goes to, and what it does there (or why it can do nothing).
-    pub(crate) fn map(&self, record: &Record, now: time::OffsetDateTime) -> Mapped {
+    pub(crate) fn map(&self, record: &Record, now: time::OffsetDateTime) -> Result<Mapped, SinkError> {
         let index = self.table_of(record);
         let table = &self.tables[index];
         if !table.decodes() {
-            return (index, table.mapping.map_op(record, now));
+            return Ok((index, table.mapping.map_op(record, now)));
         }
-        (index, self.decoded(table, record).and_then(|r| table.mapping.map_op(&r, now)))
+        Ok((index, self.decoded(table, record)?.and_then(|r| table.mapping.map_op(&r, now))))
     }
 
     /// The position in `tables` of `record`'s table.
@@ -545,7 +551,7 @@ impl Sink for MysqlSink {
         self.fetch_schemas(records).await?;
         // Map outside the transaction, to hold the watermark locks briefly.
         let now = time::OffsetDateTime::now_utc();
-        let mapped: Vec<Mapped> = records.iter().map(|r| self.map(r, now)).collect();
+        let mapped: Vec<Mapped> = records.iter().map(|r| self.map(r, now)).collect::<Result<_, _>>()?;
         let mut conn = self.begin().await?;
         match tokio::time::timeout(self.query_timeout, self.write_in(&mut conn, records, mapped)).await {
             Ok(outcome) => {

@@ -252,6 +252,16 @@ impl ColumnMapping {
         }
     }
 
+    /// True when a record's Kafka key is read: by a `kafka_key` column (or fallback), or by
+    /// deletes, which find their row by it.
+    pub fn reads_key(&self) -> bool {
+        self.deletes.is_some()
+            || self
+                .columns
+                .iter()
+                .any(|c| matches!(c.origin, Origin::KafkaKey) || matches!(c.fallback, Some(Origin::KafkaKey)))
+    }
+
     /// The multi-row statement writing `rows` rows to `table`.
     pub fn statement(&self, table: &Ident, syntax: UpsertSyntax, rows: usize) -> String {
         sql::write_rows(table, &self.idents, self.on_conflict(), syntax, rows)
