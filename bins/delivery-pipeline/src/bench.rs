@@ -129,6 +129,11 @@ pub struct BenchReport {
     pub mysql_statements_per_1000: f64,
     /// Redis commands per 1000 messages during the last pipeline run.
     pub redis_commands_per_1000: f64,
+    /// CPU seconds per 100,000 rows of each service on this machine (the MySQL server, Redis,
+    /// the Kafka broker) from the pipeline's start to its last row, in the last repetition.
+    pub service_cpu_seconds_per_100k: std::collections::BTreeMap<String, f64>,
+    /// The cores this machine has, for reading the CPU figures.
+    pub cores: usize,
     /// Every repetition's measures, in order.
     pub repetitions: Vec<Repetition>,
 }
@@ -246,6 +251,12 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         redis_compression: config.redis.compression,
         mysql_statements_per_1000: per_1000(e2e.mysql_statements),
         redis_commands_per_1000: per_1000(e2e.redis_commands),
+        service_cpu_seconds_per_100k: e2e
+            .service_cpu_seconds
+            .iter()
+            .map(|(name, s)| (name.clone(), s * 100_000.0 / opts.count as f64))
+            .collect(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
         repetitions,
     };
     write_json("e2e.json", &report)?;
@@ -470,9 +481,29 @@ fn info_field(info: &str, name: &str) -> Option<u64> {
     info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
+/// CPU seconds (user + system) used so far by the services on this machine, by process name:
+/// the MySQL server, Redis and the Kafka broker share the cores with the pipeline.
+fn service_cpu() -> std::collections::BTreeMap<String, f64> {
+    const SERVICES: &[&str] = &["mariadbd", "mysqld", "redis-server", "tansu", "java"];
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
+        let comm = comm.trim();
+        if SERVICES.contains(&comm) {
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            *out.entry(comm.to_owned()).or_insert(0.0) += cpu_seconds_of(&stat);
+        }
+    }
+    out
+}
+
 struct E2e {
     rows: u64,
     delivery: Duration,
+    /// CPU seconds each service used from the pipeline's start to the last row stored.
+    service_cpu_seconds: std::collections::BTreeMap<String, f64>,
     cpu_seconds: f64,
     peak_rss_kib: u64,
     rss_mib_over_time: Vec<f64>,
@@ -487,6 +518,7 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
     let redis = RedisBuffer::connect(&config.redis, &format!("{}-probe", config.instance_id)).await?;
     let questions_before = questions(&mut conn).await?;
     let commands_before = commands_processed(redis.client()).await?;
+    let services_before = service_cpu();
     let mut pipeline = PipelineProcess::spawn(config)?;
     let bar = bar(count);
     let mut progress = Progress::new(config);
@@ -510,6 +542,13 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivery = first.map_or(Duration::ZERO, |t| t.elapsed());
+    let service_cpu_seconds = service_cpu()
+        .into_iter()
+        .map(|(name, after)| {
+            let before = services_before.get(&name).copied().unwrap_or(0.0);
+            (name, (after - before).max(0.0))
+        })
+        .collect();
     let (cpu_seconds, peak_rss_kib) = (pipeline.cpu_seconds(), pipeline.peak_rss_kib());
     pipeline.stop()?;
     bar.finish_and_clear();
@@ -522,7 +561,16 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
     mysql.disconnect().await?;
     redis.close().await?;
     anyhow::ensure!(rows == count, "the pipeline stored {rows} rows of {count}");
-    Ok(E2e { rows, delivery, cpu_seconds, peak_rss_kib, rss_mib_over_time, mysql_statements, redis_commands })
+    Ok(E2e {
+        rows,
+        delivery,
+        service_cpu_seconds,
+        cpu_seconds,
+        peak_rss_kib,
+        rss_mib_over_time,
+        mysql_statements,
+        redis_commands,
+    })
 }
 
 /// Messages the pipeline has stored (or dead-lettered), from its offset watermark: the sum of
@@ -731,6 +779,14 @@ impl std::fmt::Display for BenchReport {
         writeln!(f, "| Redis compression of the pipeline run | {:?} |", self.redis_compression)?;
         writeln!(f, "| MySQL statements per 1000 messages | {:.1} |", self.mysql_statements_per_1000)?;
         writeln!(f, "| Redis commands per 1000 messages | {:.1} |", self.redis_commands_per_1000)?;
+        let services: Vec<String> =
+            self.service_cpu_seconds_per_100k.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
+        writeln!(
+            f,
+            "| CPU per 100k rows of the services on this machine ({} cores), end to end | {} |",
+            self.cores,
+            services.join(", ")
+        )?;
         writeln!(
             f,
             "\n| repetition | MySQL alone | sink | mapping | naive | end to end | ratio | CPU/100k | peak RSS |"
@@ -758,6 +814,13 @@ impl std::fmt::Display for BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 
     #[test]
     fn info_fields_are_read_by_name() {
