@@ -282,6 +282,15 @@ fn scratch_config(config: &Config, topic: &str, group: &str, table: &str) -> Con
     c
 }
 
+/// `config`'s MySQL settings pointed at a fresh `table` of the run's own, created on connect.
+fn scratch_table(config: &Config, table: &str) -> dp_sink_mysql::MysqlSinkConfig {
+    let mut mc = config.mysql.clone();
+    mc.table = table.to_owned();
+    mc.dead_letter_table = None;
+    mc.create_table = true;
+    mc
+}
+
 /// Writes `report` as `target/bench/<name>`.
 fn write_json(name: &str, report: &impl serde::Serialize) -> anyhow::Result<()> {
     let dir = std::path::Path::new("target/bench");
@@ -330,10 +339,7 @@ fn records(
 /// one transaction per statement; every parameter is built before the clock starts, so the
 /// timed loop does nothing but the round trips.
 async fn mysql_alone(config: &Config, table: &str, topic: &str, opts: BenchOptions) -> anyhow::Result<f64> {
-    let mut mc = config.mysql.clone();
-    mc.table = table.to_owned();
-    mc.dead_letter_table = None;
-    mc.create_table = true;
+    let mc = scratch_table(config, table);
     let sink = MysqlSink::connect(&mc).await?;
     let spec = mc.tables().map_err(anyhow::Error::msg)?.into_iter().next().context("no table")?;
     let mut conn = sink.pool().get_conn().await?;
@@ -393,10 +399,7 @@ fn mapping_alone(config: &Config, topic: &str, opts: BenchOptions) -> anyhow::Re
 /// transaction) on 1000-record batches, no Kafka or Redis; the records are made before the
 /// clock starts.
 async fn sink_alone(config: &Config, table: &str, topic: &str, opts: BenchOptions) -> anyhow::Result<f64> {
-    let mut mc = config.mysql.clone();
-    mc.table = table.to_owned();
-    mc.dead_letter_table = None;
-    mc.create_table = true;
+    let mc = scratch_table(config, table);
     let sink = MysqlSink::connect(&mc).await?;
     let topic: Arc<str> = Arc::from(topic);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -418,10 +421,7 @@ async fn sink_alone(config: &Config, table: &str, topic: &str, opts: BenchOption
 }
 
 async fn naive(config: &Config, table: &str, topic: &str, sample: u64) -> anyhow::Result<f64> {
-    let mut mc = config.mysql.clone();
-    mc.table = table.to_owned();
-    mc.dead_letter_table = None;
-    mc.create_table = true;
+    let mc = scratch_table(config, table);
     let sink = MysqlSink::connect(&mc).await?;
     let mut conn = sink.pool().get_conn().await?;
     let sql = format!(

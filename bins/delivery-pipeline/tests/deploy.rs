@@ -174,9 +174,15 @@ fn recorded_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        for piece in text.split('"').skip(1).step_by(2) {
-            if piece.starts_with("dp_") && piece.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                names.insert(piece.to_owned());
+        // Each `"dp_` opens a literal: the name runs to the next `"` (not by counting quotes,
+        // which a `'"'` character literal anywhere earlier in the file would throw off).
+        for (start, _) in text.match_indices("\"dp_") {
+            let rest = &text[start + 1..];
+            if let Some(end) = rest.find('"') {
+                let piece = &rest[..end];
+                if piece.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    names.insert(piece.to_owned());
+                }
             }
         }
     }

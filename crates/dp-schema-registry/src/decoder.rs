@@ -11,10 +11,6 @@ use crate::registry::{RegistryClient, RegistryError};
 /// The most one Avro string, bytes or array may allocate: more than any Kafka message holds.
 const MAX_AVRO_ALLOCATION: usize = 64 << 20;
 
-/// A JSON string's first character (named: a quote character literal would confuse the
-/// metric-name scan of `tests/deploy.rs`).
-const QUOTE: char = '\u{22}';
-
 /// The most ids remembered as missing or unusable at once.
 const MAX_UNUSABLE: usize = 1024;
 
@@ -164,7 +160,7 @@ impl Decoder {
     /// A decoded key as the text a key column reads: a JSON string's content, or the JSON.
     pub fn key_text(json: String) -> String {
         match serde_json::from_str::<String>(&json) {
-            Ok(s) if json.starts_with(QUOTE) => s,
+            Ok(s) if json.starts_with('"') => s,
             _ => json,
         }
     }
