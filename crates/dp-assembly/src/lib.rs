@@ -209,7 +209,8 @@ impl PipelineBuilder {
         let source: Box<dyn Source> = match source {
             Some(s) => s,
             None => {
-                let mut kafka = dp_source_kafka::KafkaSource::new(&config.kafka)?;
+                let mut kafka =
+                    dp_source_kafka::KafkaSource::for_batches(&config.kafka, config.buffer.max_rows)?;
                 if let Some(reader) = watermark_reader {
                     kafka = kafka.with_watermarks(reader);
                 }

@@ -354,9 +354,17 @@ impl KafkaSourceConfig {
         Ok(())
     }
 
-    /// The librdkafka configuration for a consumer. Reads the SASL password file; the error
-    /// names the setting.
+    /// The librdkafka configuration for a consumer of 1000-row batches. Reads the SASL
+    /// password file; the error names the setting.
     pub fn client_config(&self) -> Result<ClientConfig, String> {
+        self.client_config_for(1000)
+    }
+
+    /// The librdkafka configuration for a consumer whose records are written in batches of
+    /// `batch_rows`: librdkafka prefetches about four such batches (of 1 KiB records), not its
+    /// default 64 MiB. Reads the SASL password file; the error names the setting.
+    pub fn client_config_for(&self, batch_rows: usize) -> Result<ClientConfig, String> {
+        let (kib, per_partition) = prefetch(batch_rows);
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
@@ -369,16 +377,27 @@ impl KafkaSourceConfig {
             .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 3).max(100).to_string())
             // Broker reachability and consumer lag come from these statistics.
             .set("statistics.interval.ms", "5000")
-            // librdkafka prefetches up to 64 MiB by default; 16 MiB (~30,000 events of 500 bytes,
-            // a second of work at full speed) keeps the same throughput with a smaller, flatter
-            // memory footprint (docs/PERFORMANCE.md). `properties` may override it.
-            .set("queued.max.messages.kbytes", "16384");
+            // librdkafka prefetches up to 64 MiB (and 100,000 records a partition) by default:
+            // memory, not speed, since the pipeline takes records a batch at a time. `properties`
+            // may override these.
+            .set("queued.max.messages.kbytes", kib.to_string())
+            .set("queued.min.messages", per_partition.to_string())
+            // Once that queue is full, librdkafka waits this long before it fetches again
+            // (default 1 s): with a small queue the pipeline would drain it and then wait most
+            // of that second for records (docs/PERFORMANCE.md).
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
         self.add_security(&mut c)?;
         Ok(c)
     }
+}
+
+/// librdkafka's prefetch for batches of `batch_rows`: KiB in all (four batches of 1 KiB
+/// records, 1 to 64 MiB) and records per partition (two batches).
+fn prefetch(batch_rows: usize) -> (usize, usize) {
+    ((4 * batch_rows).clamp(1024, 64 * 1024), (2 * batch_rows).max(100))
 }
 
 /// Whether `name` is a valid Kafka topic name: 1-249 of `[a-zA-Z0-9._-]`.
@@ -554,6 +573,23 @@ mod tests {
         let mut c = KafkaSourceConfig::default();
         c.properties.insert("security.protocol".into(), "ssl".into());
         c.validate().expect("properties alone");
+    }
+
+    #[test]
+    fn the_prefetch_is_sized_from_the_batch_and_properties_override_it() {
+        let c = KafkaSourceConfig::default();
+        let consumer = c.client_config_for(1000).expect("config");
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("4000"));
+        assert_eq!(consumer.get("queued.min.messages"), Some("2000"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"), "no second-long wait once it drained");
+        assert_eq!(c.client_config_for(10).expect("config").get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(
+            c.client_config_for(1 << 20).expect("config").get("queued.max.messages.kbytes"),
+            Some("65536")
+        );
+        let mut c = KafkaSourceConfig::default();
+        c.properties.insert("queued.max.messages.kbytes".into(), "777".into());
+        assert_eq!(c.client_config_for(1000).expect("config").get("queued.max.messages.kbytes"), Some("777"));
     }
 
     #[test]

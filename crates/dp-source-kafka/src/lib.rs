@@ -194,11 +194,18 @@ impl KafkaSource {
     /// Creates the consumer and subscribes to the configured topics. Joining the group happens
     /// once the first [`poll`](Source::poll) starts the polling thread.
     pub fn new(config: &KafkaSourceConfig) -> Result<Self, KafkaSourceError> {
+        Self::for_batches(config, 1000)
+    }
+
+    /// [`KafkaSource::new`] for a pipeline that writes batches of `batch_rows`
+    /// (`buffer.max_rows`): librdkafka's prefetch is sized from it
+    /// ([`KafkaSourceConfig::client_config_for`]).
+    pub fn for_batches(config: &KafkaSourceConfig, batch_rows: usize) -> Result<Self, KafkaSourceError> {
         let shared = Arc::new(Shared::new(config.revocation_timeout));
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let context = PollerContext { shared: Arc::clone(&shared), events: tx };
         let consumer: BaseConsumer<PollerContext> = config
-            .client_config()
+            .client_config_for(batch_rows)
             .map_err(KafkaSourceError::Setting)?
             .create_with_context(context)
             .map_err(|source| KafkaSourceError::Create { brokers: config.brokers.clone(), source })?;
