@@ -26,6 +26,7 @@ pub mod tls;
 #[cfg(feature = "rustls")]
 pub mod tls_rustls;
 pub mod traits;
+pub mod turn;
 
 pub use accumulator::{Accumulator, Batch, FlushTrigger};
 #[cfg(feature = "zstd")]
@@ -45,3 +46,4 @@ pub use traits::{
     BatchOutcome, Buffer, BufferKey, DeadLetter, DeadLetterPublisher, Health, Leases, Orphan, ReadBack, Sink,
     Source, Watermarks,
 };
+pub use turn::{Turn, TurnDone};

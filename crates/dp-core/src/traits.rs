@@ -17,6 +17,7 @@ use async_trait::async_trait;
 
 use crate::error::{BufferError, SinkError, SourceError};
 use crate::record::Record;
+use crate::turn::Turn;
 
 /// Where records come from.
 ///
@@ -247,6 +248,21 @@ pub struct DeadLetter {
 pub trait Sink: Send + Sync {
     /// Writes a batch of records, all or nothing.
     async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError>;
+
+    /// Writes a batch once its `turn` comes: the runtime hands a batch over while the one
+    /// before it is still being written, so that the store goes on to it without waiting.
+    ///
+    /// Before the turn, a sink may only prepare: map records, build statements, fetch what it
+    /// needs to decode them. It must not write, and must not take a lock the batch before
+    /// needs. From the turn on it writes as [`write_batch`](Sink::write_batch) does. When
+    /// [`Turn::wait`] fails, the batch before failed: return its error without writing.
+    ///
+    /// The default waits for the turn, then calls `write_batch`; it is correct for every sink
+    /// and prepares nothing ahead.
+    async fn write_batch_in_turn(&self, records: &[Record], turn: &Turn) -> Result<BatchOutcome, SinkError> {
+        turn.wait().await?;
+        self.write_batch(records).await
+    }
 
     /// Stores records that the sink refused permanently. A sink without a dead-letter
     /// destination keeps this default, and the runtime stops rather than drop the record.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use dp_core::{
     Batch, BatchOutcome, Buffer, BufferError, BufferKey, DeadLetter, FlushTrigger, Record, Sink, SinkError,
+    Turn, TurnDone,
 };
 
 use crate::flush_loop::PipelineError;
@@ -64,21 +65,54 @@ impl Deliverer {
         }
     }
 
+    /// Writes `batch` from its `turn` on (the sink may prepare it before), then signals
+    /// `done`, the next batch's turn, and removes the write-ahead copies.
     pub(crate) async fn deliver(
         self: Arc<Self>,
         batch: Batch,
         trigger: FlushTrigger,
+        turn: Turn,
+        done: Option<TurnDone>,
     ) -> Result<Delivered, PipelineError> {
-        let started = Instant::now();
-        let outcome = self.write(&batch.records).await?;
+        let handed = Instant::now();
+        let mut started = handed;
+        let outcome = {
+            let write = self.write(&batch.records, &turn);
+            tokio::pin!(write);
+            let mut came = turn.has_come();
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut write => break written?,
+                    waited = turn.wait(), if !came => match waited {
+                        // Its duration counts from its turn, not from its preparation.
+                        Ok(()) => (came, started) = (true, Instant::now()),
+                        Err(e) => return Err(PipelineError::Task(e.to_string())),
+                    },
+                }
+            }
+        };
+        if let Some(done) = done {
+            done.done();
+        }
         PipelineStats::add(&self.stats.inserted, m::INSERTED, outcome.inserted);
         PipelineStats::add(&self.stats.updated, m::UPDATED, outcome.updated);
         PipelineStats::add(&self.stats.deleted, m::DELETED, outcome.deleted);
         PipelineStats::add(&self.stats.duplicates, m::DUPLICATES, outcome.duplicates);
         PipelineStats::bump(&self.stats.dead_lettered, outcome.dead_lettered);
         PipelineStats::bump(&self.stats.batches, 1);
+        let written = Instant::now();
         m::delivered(&batch.records, trigger, started.elapsed().as_secs_f64(), dp_core::unix_millis());
         self.remove_keys(&batch.keys).await;
+        tracing::debug!(
+            target: m::TIMELINE,
+            rows = batch.records.len(),
+            handed = m::timeline_us(handed),
+            turn = m::timeline_us(started),
+            written = m::timeline_us(written),
+            removed = m::timeline_us(Instant::now()),
+            "batch"
+        );
         Ok(Delivered { batch, outcome, trigger, elapsed: started.elapsed() })
     }
 
@@ -87,6 +121,8 @@ impl Deliverer {
     pub(crate) async fn deliver_spilled(
         self: Arc<Self>,
         keys: Vec<BufferKey>,
+        turn: Turn,
+        done: Option<TurnDone>,
     ) -> Result<Delivered, PipelineError> {
         let Some(read_back) = self.buffer.read_back() else {
             // The flush loop spills only to a buffer that reads back.
@@ -111,7 +147,7 @@ impl Deliverer {
             tracing::error!(missing, total, "spilled records are gone from the write-ahead buffer");
             return Err(PipelineError::BufferLost { missing, total });
         }
-        self.deliver(Batch { records, keys }, FlushTrigger::Spilled).await
+        self.deliver(Batch { records, keys }, FlushTrigger::Spilled, turn, done).await
     }
 
     /// The next delay of `schedule` with full jitter: uniform between zero and the exponential
@@ -157,9 +193,9 @@ impl Deliverer {
 
     /// Writes the batch `records`; on a permanent error, halves it until the refused records
     /// are isolated and dead-letters them.
-    async fn write(&self, records: &[Record]) -> Result<BatchOutcome, PipelineError> {
+    async fn write(&self, records: &[Record], turn: &Turn) -> Result<BatchOutcome, PipelineError> {
         let mut isolation = Isolation { len: records.len(), ..Isolation::default() };
-        let outcome = self.isolate(records, &mut isolation).await?;
+        let outcome = self.isolate(records, turn, &mut isolation).await?;
         let mut classified = 0;
         for (class, n) in &outcome.dead_letter_classes {
             metrics::counter!(m::DEAD_LETTERED, "class" => class.clone()).increment(*n as u64);
@@ -178,24 +214,30 @@ impl Deliverer {
     fn isolate<'a>(
         &'a self,
         records: &'a [Record],
+        turn: &'a Turn,
         iso: &'a mut Isolation,
     ) -> BoxFuture<'a, Result<BatchOutcome, PipelineError>> {
         Box::pin(async move {
-            let mut err =
-                match self.retrying(|| self.sink.write_batch(records), iso.statement.as_ref()).await? {
-                    Ok(outcome) => {
-                        iso.written = true;
-                        return Ok(outcome);
-                    }
-                    Err(permanent) => permanent,
-                };
+            let mut err = match self
+                .retrying(|| self.sink.write_batch_in_turn(records, turn), iso.statement.as_ref())
+                .await?
+            {
+                Ok(outcome) => {
+                    iso.written = true;
+                    return Ok(outcome);
+                }
+                Err(permanent) => permanent,
+            };
             let refusal = Refusal::of(&err);
             iso.batch.get_or_insert_with(|| refusal.clone());
             if let [record] = records {
                 if iso.is_statement_fault(&err, &refusal) {
                     tracing::error!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "the batch's first two records are each refused alone exactly as the whole batch was: taking it for a statement or schema fault; the rest of the batch is retried, not dead-lettered");
                     iso.statement = Some(refusal.clone());
-                    match self.retrying(|| self.sink.write_batch(records), iso.statement.as_ref()).await? {
+                    match self
+                        .retrying(|| self.sink.write_batch_in_turn(records, turn), iso.statement.as_ref())
+                        .await?
+                    {
                         Ok(outcome) => {
                             iso.written = true;
                             return Ok(outcome);
@@ -214,6 +256,9 @@ impl Deliverer {
                     reason: err.to_string(),
                 };
                 tracing::warn!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "record refused by the sink; dead-lettering it");
+                // A sink may refuse a record while preparing, before the batch's turn: its dead
+                // letter waits for the turn too.
+                turn.wait().await.map_err(|e| PipelineError::Task(e.to_string()))?;
                 return match self
                     .retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry)), None)
                     .await?
@@ -233,8 +278,8 @@ impl Deliverer {
             }
             tracing::warn!(rows = records.len(), error = %err, "batch refused; splitting it to isolate the bad records");
             let (left, right) = records.split_at(records.len() / 2);
-            let mut outcome = self.isolate(left, iso).await?;
-            outcome += self.isolate(right, iso).await?;
+            let mut outcome = self.isolate(left, turn, iso).await?;
+            outcome += self.isolate(right, turn, iso).await?;
             Ok(outcome)
         })
     }

@@ -8,16 +8,21 @@
 //! ```
 //!
 //! One batch is written while the next one is collected, so consumption goes on during a
-//! flush; when the next batch is full before the previous one is written, polling waits. The
-//! instance therefore holds at most `2 × max_rows` records in memory. How a batch is written
+//! flush. A full batch is handed to the sink at once, even while the one before is still being
+//! written: the sink prepares it (maps its records) and writes it from its [`Turn`], which comes
+//! when the batch before is durable, so the store goes straight on to it. At most
+//! [`MAX_IN_FLIGHT`] batches are handed over at once, and polling waits while the batches
+//! handed over and the one collected hold `MAX_IN_FLIGHT × max_rows` records: the instance
+//! holds at most `2 × max_rows` records in memory. How a batch is written
 //! (retries, isolation of refused records) is [`crate::deliver`]'s; what happens before the
 //! first poll and beside the loop (restore, leases, adoption) is [`crate::recovery`]'s.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dp_core::{Accumulator, Buffer, BufferError, FlushTrigger, Sink, SinkError, Source};
+use dp_core::{Accumulator, Buffer, BufferError, FlushTrigger, Sink, SinkError, Source, Turn};
 use tokio::task::JoinHandle;
 
 use std::sync::atomic::Ordering;
@@ -185,7 +190,11 @@ impl Pipeline {
 
         let mut acc = Accumulator::new(buffer_config.max_rows, buffer_config.flush_interval);
         let mut spill = Spill::new(&buffer_config, deliverer.buffer.read_back().is_some());
-        let mut in_flight: Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)> = None;
+        // Batches handed to the sink, oldest first; each is written once the one before is.
+        let mut in_flight: VecDeque<Flight> = VecDeque::new();
+        // The turn of the next batch handed over: it comes when the last one is durable.
+        let mut next_turn = Turn::now();
+        let max_rows = buffer_config.max_rows;
         // Set when partitions were revoked: flush everything buffered as soon as possible.
         let mut flush_now = false;
         // After a failed poll: when the source may be polled again.
@@ -193,41 +202,65 @@ impl Pipeline {
         let mut failed: Option<PipelineError> = None;
         tokio::pin!(shutdown);
         loop {
-            if in_flight.is_none() && !paused {
+            let failing = stats.sink_failing.load(Ordering::Relaxed) > 0;
+            if !paused {
                 // Spilled batches are older than anything collected: they go first.
-                if let Some(spilled) = spill.pop() {
-                    in_flight = Some(start_spilled(&deliverer, spilled));
-                } else if flush_now {
-                    flush_now = false;
-                    if !acc.is_empty() {
-                        in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Rebalance));
+                if in_flight.is_empty()
+                    && let Some(spilled) = spill.pop()
+                {
+                    in_flight.push_back(start_spilled(&deliverer, spilled, &mut next_turn));
+                } else if may_start(&in_flight, &spill, failing) {
+                    if flush_now {
+                        flush_now = false;
+                        if !acc.is_empty() {
+                            in_flight.push_back(start(
+                                &deliverer,
+                                &mut acc,
+                                FlushTrigger::Rebalance,
+                                &mut next_turn,
+                            ));
+                        }
+                    } else if acc.due(now()) == Some(FlushTrigger::Size) {
+                        // Full while paused: written as soon as the pipeline resumes.
+                        in_flight.push_back(start(&deliverer, &mut acc, FlushTrigger::Size, &mut next_turn));
                     }
-                } else if acc.due(now()) == Some(FlushTrigger::Size) {
-                    // Full while paused: written as soon as the pipeline resumes.
-                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
                 }
             }
-            let flying = in_flight.as_ref().map_or(Held::default(), |f| f.1);
-            let failing = stats.sink_failing.load(Ordering::Relaxed) > 0;
+            let flying = Held::sum(&in_flight);
             spill.offer(&mut acc, (flying.records, flying.bytes), failing);
-            let (flying_records, flying_bytes) = flying.in_memory();
+            let (flying_records, flying_bytes) = in_flight
+                .iter()
+                .map(|f| f.held.in_memory())
+                .fold((0, 0), |(r, b), (fr, fb)| (r + fr, b + fb));
             PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying_records);
             PipelineStats::set(&stats.spilled, m::SPILLED, spill.rows());
             m::set(m::BUFFERED_BYTES, acc.bytes() + flying_bytes);
             m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys + spill.rows());
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
+            // Room for the next poll: in the collected batch, and in memory beside the batches
+            // handed over; while the sink fails and full batches spill, in the collected batch
+            // alone (it leaves memory as soon as it is full).
+            let room = if failing && spill.enabled() {
+                acc.room()
+            } else {
+                acc.room().min((MAX_IN_FLIGHT * max_rows).saturating_sub(acc.len() + flying_records))
+            };
             // While a batch is retried and memory is full, look again now and then whether the
-            // collected batch can be spilled (the sink's state changes inside the flush task).
-            let stuck = in_flight.is_some() && acc.room() == 0;
+            // collected batch can be spilled, or filled to be (the sink's state changes inside
+            // the flush task).
+            let stuck = !in_flight.is_empty() && room == 0;
             let source_resting = poll_again.is_some();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 done = join(&mut in_flight) => {
-                    in_flight = None;
+                    in_flight.pop_front();
                     complete(source.as_mut(), &mut write_ahead, done?);
-                    if !paused && spill.is_empty() && let Some(trigger) = acc.due(now()) {
-                        in_flight = Some(start(&deliverer, &mut acc, trigger));
+                    if !paused
+                        && may_start(&in_flight, &spill, failing)
+                        && let Some(trigger) = acc.due(now())
+                    {
+                        in_flight.push_back(start(&deliverer, &mut acc, trigger, &mut next_turn));
                     }
                 }
                 changed = pause_changes.changed() => {
@@ -235,19 +268,20 @@ impl Pipeline {
                         paused = *pause_changes.borrow_and_update();
                         m::set(m::PAUSED, usize::from(paused));
                         if paused {
-                            tracing::info!(buffered = acc.len(), writing = in_flight.is_some(), "paused: the batch being written finishes, then nothing is consumed or written until resumed");
+                            tracing::info!(buffered = acc.len(), writing = in_flight.len(), "paused: the batches handed to the sink finish, then nothing is consumed or written until resumed");
                         } else {
                             tracing::info!(buffered = acc.len(), "resumed");
                         }
                     }
                 }
                 () = tokio::time::sleep(SPILL_CHECK), if stuck => {}
-                () = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() && !paused => {
-                    in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Interval));
+                () = sleep_until(deadline), if deadline.is_some() && in_flight.is_empty() && !paused => {
+                    in_flight.push_back(start(&deliverer, &mut acc, FlushTrigger::Interval, &mut next_turn));
                 }
                 () = sleep_until(poll_again), if source_resting => poll_again = None,
-                polled = source.poll(acc.room()), if acc.room() > 0 && !source_resting && !paused => match polled {
+                polled = source.poll(room), if room > 0 && !source_resting && !paused => match polled {
                     Ok(records) => {
+                        let polled = Instant::now();
                         PipelineStats::bump(&stats.consumed, records.len());
                         m::consumed(&records);
                         let records = match filtering.as_mut() {
@@ -266,6 +300,13 @@ impl Pipeline {
                             None => records,
                         };
                         let appended = write_ahead.append(&records).await;
+                        tracing::debug!(
+                            target: m::TIMELINE,
+                            records = records.len(),
+                            polled = m::timeline_us(polled),
+                            appended = m::timeline_us(Instant::now()),
+                            "poll"
+                        );
                         if commit_policy == CommitPolicy::AfterBuffer && appended.all {
                             // In Redis (which must persist writes under this policy): durable enough
                             // for Kafka to move on. Memory-only records wait for the sink.
@@ -277,11 +318,10 @@ impl Pipeline {
                         if source.revoked() {
                             tracing::info!(buffered = acc.len(), "partitions revoked: flushing what is buffered now");
                             flush_now = true;
-                        } else if in_flight.is_none()
-                            && spill.is_empty()
+                        } else if may_start(&in_flight, &spill, failing)
                             && acc.due(now()) == Some(FlushTrigger::Size)
                         {
-                            in_flight = Some(start(&deliverer, &mut acc, FlushTrigger::Size));
+                            in_flight.push_back(start(&deliverer, &mut acc, FlushTrigger::Size, &mut next_turn));
                         }
                     }
                     Err(e) if !e.is_transient() => {
@@ -301,18 +341,20 @@ impl Pipeline {
         PipelineStats::set(&stats.consuming, m::CONSUMING, 0);
         tracing::info!(buffered = acc.len(), "shutting down: draining buffered records");
         let drain = async {
-            if let Some(flight) = in_flight.as_mut() {
-                let done = join_handle(&mut flight.0).await;
-                in_flight = None;
+            while let Some(flight) = in_flight.front_mut() {
+                let done = join_handle(&mut flight.handle).await;
+                in_flight.pop_front();
                 complete(source.as_mut(), &mut write_ahead, done?);
             }
+            // Nothing is in flight any more: each of these has its turn at once.
             while let Some(spilled) = spill.pop() {
-                let done = Arc::clone(&deliverer).deliver_spilled(spilled.keys).await?;
+                let done = Arc::clone(&deliverer).deliver_spilled(spilled.keys, Turn::now(), None).await?;
                 complete(source.as_mut(), &mut write_ahead, done);
             }
             if !acc.is_empty() {
                 let batch = acc.take();
-                let done = Arc::clone(&deliverer).deliver(batch, FlushTrigger::Shutdown).await?;
+                let done =
+                    Arc::clone(&deliverer).deliver(batch, FlushTrigger::Shutdown, Turn::now(), None).await?;
                 complete(source.as_mut(), &mut write_ahead, done);
             }
             if let Err(e) = source.commit().await {
@@ -321,8 +363,8 @@ impl Pipeline {
             Ok::<(), PipelineError>(())
         };
         let drained = tokio::time::timeout(shutdown_timeout, drain).await;
-        if let Some((handle, _)) = in_flight.take() {
-            handle.abort();
+        for flight in in_flight.drain(..) {
+            flight.handle.abort();
         }
         drop(background);
         if let Err(e) = source.close().await {
@@ -349,6 +391,23 @@ impl Pipeline {
     }
 }
 
+/// Batches handed to the sink at once: one being written, the next prepared and waiting for
+/// its turn.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// A batch handed to the sink: its task, and what it holds.
+struct Flight {
+    handle: JoinHandle<Result<Delivered, PipelineError>>,
+    held: Held,
+}
+
+/// Whether a collected batch may be handed to the sink now: nothing spilled is waiting (it is
+/// older), and either nothing is in flight, or there is room for one more and the sink is not
+/// failing (while it fails, a full batch is spilled rather than queued behind the retries).
+fn may_start(in_flight: &VecDeque<Flight>, spill: &Spill, sink_failing: bool) -> bool {
+    spill.is_empty() && (in_flight.is_empty() || (in_flight.len() < MAX_IN_FLIGHT && !sink_failing))
+}
+
 /// How often a pipeline whose memory is full and whose flush is being retried checks whether
 /// it can spill the collected batch.
 const SPILL_CHECK: Duration = Duration::from_millis(250);
@@ -364,30 +423,47 @@ struct Held {
 }
 
 impl Held {
+    /// What the batches in flight hold together, in memory or not.
+    fn sum(in_flight: &VecDeque<Flight>) -> Self {
+        in_flight.iter().fold(Self::default(), |sum, f| Self {
+            records: sum.records + f.held.records,
+            keys: sum.keys + f.held.keys,
+            bytes: sum.bytes + f.held.bytes,
+            spilled: false,
+        })
+    }
+
     /// Records and bytes of this batch held in memory.
     fn in_memory(&self) -> (usize, usize) {
         if self.spilled { (0, 0) } else { (self.records, self.bytes) }
     }
 }
 
+/// Hands the collected batch to the sink, to be written once the batch handed over before it
+/// is durable (`next_turn`, which then becomes this batch's own).
 fn start(
     deliverer: &Arc<Deliverer>,
     acc: &mut Accumulator,
     trigger: FlushTrigger,
-) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
+    next_turn: &mut Turn,
+) -> Flight {
     let bytes = acc.bytes();
     let batch = acc.take();
     let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes, spilled: false };
-    (tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger)), held)
+    let (done, turn) = Turn::after();
+    let turn = std::mem::replace(next_turn, turn);
+    Flight { handle: tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger, turn, Some(done))), held }
 }
 
-fn start_spilled(
-    deliverer: &Arc<Deliverer>,
-    spilled: Spilled,
-) -> (JoinHandle<Result<Delivered, PipelineError>>, Held) {
+fn start_spilled(deliverer: &Arc<Deliverer>, spilled: Spilled, next_turn: &mut Turn) -> Flight {
     let n = spilled.keys.len();
     let held = Held { records: n, keys: n, bytes: spilled.bytes, spilled: true };
-    (tokio::spawn(Arc::clone(deliverer).deliver_spilled(spilled.keys)), held)
+    let (done, turn) = Turn::after();
+    let turn = std::mem::replace(next_turn, turn);
+    Flight {
+        handle: tokio::spawn(Arc::clone(deliverer).deliver_spilled(spilled.keys, turn, Some(done))),
+        held,
+    }
 }
 
 fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Delivered) {
@@ -409,11 +485,11 @@ fn complete(source: &mut dyn Source, write_ahead: &mut WriteAhead, done: Deliver
     }
 }
 
-async fn join(
-    in_flight: &mut Option<(JoinHandle<Result<Delivered, PipelineError>>, Held)>,
-) -> Result<Delivered, PipelineError> {
-    match in_flight {
-        Some((handle, _)) => join_handle(handle).await,
+/// Waits for the oldest batch in flight: batches are acknowledged in the order they were
+/// handed over.
+async fn join(in_flight: &mut VecDeque<Flight>) -> Result<Delivered, PipelineError> {
+    match in_flight.front_mut() {
+        Some(flight) => join_handle(&mut flight.handle).await,
         None => std::future::pending().await,
     }
 }

@@ -160,6 +160,12 @@ struct MemSink {
     refuse_all_presumed: AtomicBool,
     /// Sizes of the writes refused while one of the two above was set.
     refused_whole: Mutex<Vec<usize>>,
+    /// Every batch handed over (`write_batch_in_turn`): when, and its first offset.
+    handed: Mutex<Vec<(Mark, i64)>>,
+    /// How long each write takes.
+    write_time: Duration,
+    /// Fails this many writes of a batch holding offset 0 transiently.
+    first_batch_failures: AtomicUsize,
 }
 
 impl MemSink {
@@ -186,8 +192,23 @@ impl MemSink {
 
 #[async_trait]
 impl Sink for MemSink {
+    async fn write_batch_in_turn(
+        &self,
+        records: &[Record],
+        turn: &dp_core::Turn,
+    ) -> Result<BatchOutcome, SinkError> {
+        let first = records.first().map_or(-1, |r| r.offset);
+        self.handed.lock().expect("lock").push((Mark::now(), first));
+        turn.wait().await?;
+        self.write_batch(records).await
+    }
     async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(self.write_time).await;
+        if records.iter().any(|r| r.offset == 0) && self.first_batch_failures.load(Ordering::Relaxed) > 0 {
+            self.first_batch_failures.fetch_sub(1, Ordering::Relaxed);
+            return Err(SinkError::transient("connection reset"));
+        }
         if self.transient_failures.load(Ordering::Relaxed) > 0 {
             self.transient_failures.fetch_sub(1, Ordering::Relaxed);
             return Err(SinkError::transient("connection reset"));
@@ -329,6 +350,56 @@ async fn full_batches_flush_by_size_and_the_rest_at_shutdown() {
     assert_eq!(stopped.summary.stats.inserted, 25);
     assert_eq!(source.acked(), (0..25).collect());
     assert!(buffer.map.lock().expect("lock").is_empty(), "delivered records leave the write-ahead buffer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_is_handed_over_while_one_is_written_and_written_only_after_it() {
+    let source = VecSource::with(30);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink { write_time: Duration::from_millis(200), ..MemSink::default() });
+    let p = pipeline(&source, &buffer, &sink, 10, Duration::from_secs(3600));
+    run_until(p, "three batches written", |s| s.batches == 3).await.expect("runs");
+    let handed = sink.handed.lock().expect("lock").clone();
+    let written = sink.written();
+    assert_eq!(written.iter().map(|w| w.offsets[0]).collect::<Vec<_>>(), vec![0, 10, 20]);
+    assert_eq!(handed.iter().map(|h| h.1).collect::<Vec<_>>(), vec![0, 10, 20]);
+    for n in 1..3 {
+        assert!(
+            handed[n].0.at < written[n - 1].mark.at,
+            "batch {n} is handed to the sink while batch {} is written: handed at {:?}, that one written at {:?}",
+            n - 1,
+            handed[n].0.at,
+            written[n - 1].mark.at
+        );
+        assert!(
+            written[n].mark.at >= written[n - 1].mark.at + Duration::from_millis(200),
+            "batch {n} is written from its turn on, after batch {}",
+            n - 1
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_handed_over_behind_one_being_retried_waits_for_it() {
+    let source = VecSource::with(20);
+    let buffer = Arc::new(MemBuffer::default());
+    let sink = Arc::new(MemSink {
+        write_time: Duration::from_millis(50),
+        first_batch_failures: AtomicUsize::new(5),
+        ..MemSink::default()
+    });
+    let p = pipeline(&source, &buffer, &sink, 10, Duration::from_secs(3600));
+    run_until(p, "both batches written", |s| s.batches == 2).await.expect("runs");
+    let handed = sink.handed.lock().expect("lock").clone();
+    assert!(handed.iter().any(|h| h.1 == 10), "the second batch was handed over");
+    let order: Vec<i64> = sink.written().iter().map(|w| w.offsets[0]).collect();
+    // Written before the first, it would raise a watermark past records not yet stored.
+    assert_eq!(order, vec![0, 10], "the second batch is written only once the first one is");
+    assert!(
+        sink.calls.load(Ordering::Relaxed) >= 7,
+        "the first batch was retried five times before it was written"
+    );
+    assert_eq!(source.acked(), (0..20).collect());
 }
 
 #[tokio::test(start_paused = true)]
@@ -626,8 +697,9 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
         peak.fetch_max(s.spilled, Ordering::Relaxed);
         if s2.down.load(Ordering::Relaxed) {
             match reached {
-                // 10 being retried + 80 spilled + 10 collected = the limit of 100.
-                None if s.spilled == 80 => reached = Some((tokio::time::Instant::now(), s.consumed)),
+                // 10 being retried + 10 handed over before the sink failed (waiting for their
+                // turn) + 70 spilled + 10 collected = the limit of 100.
+                None if s.spilled == 70 => reached = Some((tokio::time::Instant::now(), s.consumed)),
                 // Stay at the limit a while to show the loop takes nothing more, then recover.
                 Some((since, consumed)) if since.elapsed() >= Duration::from_millis(600) => {
                     *at_limit.lock().expect("lock") = Some((consumed, s.consumed));
@@ -640,7 +712,7 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
     })
     .await
     .expect("runs");
-    assert_eq!(peak_spilled.load(Ordering::Relaxed), 80, "spilled up to the limit, never past it");
+    assert_eq!(peak_spilled.load(Ordering::Relaxed), 70, "spilled up to the limit, never past it");
     let consumed =
         consumed_at_limit.lock().expect("lock").take().expect("the limit is reached while the sink is down");
     assert_eq!(consumed, (100, 100), "at the limit of 100 records held, consumption stops");
@@ -674,8 +746,10 @@ async fn spilled_records_missing_from_the_buffer_stop_the_pipeline_before_anythi
     .expect_err("must stop");
     assert!(matches!(err, PipelineError::BufferLost { .. }), "{err}");
     let written = sink.rows.lock().expect("lock").clone();
-    assert!(written.iter().all(|o| *o < 10), "only the batch that was in memory is written: {written:?}");
-    assert!(source.acked().iter().all(|o| *o < 10), "nothing after the lost records is acknowledged");
+    // The first batch was being written and the second handed over when the sink failed;
+    // everything after them was spilled.
+    assert!(written.iter().all(|o| *o < 20), "only the batches that were in memory are written: {written:?}");
+    assert!(source.acked().iter().all(|o| *o < 20), "nothing after the lost records is acknowledged");
 }
 
 /// What [`RandomSource`] handed out and got back.
@@ -891,11 +965,12 @@ async fn filtered_records_are_acknowledged_but_never_written_ahead_or_stored() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_until_resumed() {
-    let source = VecSource::with(25);
+async fn a_pause_finishes_the_batches_in_flight_then_consumes_and_writes_nothing_until_resumed() {
+    let source = VecSource::with(35);
     let (buffer, sink) = (Arc::new(MemBuffer::default()), Arc::new(MemSink::default()));
-    // The sink is down: the first full batch stays in flight, retried; the next one is
-    // collected and held in memory (no spilling: at most two batches).
+    // The sink is down: the first full batch stays in flight, retried; the next one is handed
+    // over behind it, waiting for its turn (no spilling: memory holds these two, and polling
+    // stops).
     sink.down.store(true, Ordering::Relaxed);
     let batching = BatchingConfig {
         max_rows: 10,
@@ -917,42 +992,42 @@ async fn a_pause_finishes_the_batch_in_flight_then_consumes_and_writes_nothing_u
     let source2 = source.clone();
     let summary = p
         .run(async move {
-            // One batch in flight (retried), the next one collected and due by size.
+            // One batch in flight (retried), the next one handed over.
             while sink2.calls.load(Ordering::Relaxed) == 0 || stats.snapshot().consumed < 20 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(control.pause());
             let problems = readiness.check().expect_err("a paused pipeline is not ready");
             assert!(problems.iter().any(|p| p.contains("paused")), "{problems:?}");
-            // The batch in flight finishes once the sink is back.
+            // The batches in flight finish once the sink is back.
+            let polled = source2.polls().len();
             sink2.down.store(false, Ordering::Relaxed);
-            while sink2.written().is_empty() {
+            while sink2.written().len() < 2 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            // Nothing more is written, nothing more is polled.
-            let polled = source2.polls().len();
+            // Nothing more is written, nothing more is polled, though memory has room again.
             tokio::time::sleep(Duration::from_secs(120)).await;
-            assert_eq!(sink2.sizes(), vec![10], "only the batch in flight was written while paused");
+            assert_eq!(sink2.sizes(), vec![10, 10], "only the batches in flight were written while paused");
             assert_eq!(source2.polls().len(), polled, "nothing is consumed while paused");
             assert!(control.resume());
             let resumed = tokio::time::Instant::now();
-            while sink2.rows.lock().expect("lock").len() < 20 {
+            while sink2.rows.lock().expect("lock").len() < 30 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(
                 resumed.elapsed() < Duration::from_secs(1),
-                "the batch that filled up while paused is written on resume, not at the interval"
+                "consumption goes on at once on resume, and a full batch is written, not held to the interval"
             );
             // The last five are collected, and written by the drain.
-            while stats.snapshot().consumed < 25 {
+            while stats.snapshot().consumed < 35 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(readiness.check().is_ok(), "ready again once resumed");
         })
         .await
         .expect("runs");
-    assert_eq!(summary.stats.inserted, 25);
-    assert_eq!(source.acked(), (0..25).collect());
+    assert_eq!(summary.stats.inserted, 35);
+    assert_eq!(source.acked(), (0..35).collect());
 }
 
 /// A buffer whose lease offers one orphan of three records, once.

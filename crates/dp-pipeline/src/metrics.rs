@@ -8,6 +8,20 @@ use std::sync::Arc;
 use dp_core::{FlushTrigger, Record};
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
+/// The `tracing` target of the per-batch timeline: at `debug`, one `poll` event per poll (records,
+/// when they arrived, when their write-ahead copies were stored) and one `batch` event per batch
+/// (when it was handed to the sink, when its turn came, when the sink returned, when its
+/// write-ahead copies were removed), in microseconds on one clock of the process. `delivery-pipeline
+/// bench` reads them to show whether the store ever waits for the pipeline.
+pub const TIMELINE: &str = "dp_pipeline::timeline";
+
+/// Microseconds from the timeline's start (the first call) to `at`.
+pub(crate) fn timeline_us(at: std::time::Instant) -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    at.saturating_duration_since(start).as_micros() as u64
+}
+
 /// Messages received from the source, by topic and partition.
 pub const CONSUMED: &str = "dp_messages_consumed_total";
 /// Rows newly written.

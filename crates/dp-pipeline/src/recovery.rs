@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use dp_core::{Batch, BufferKey, FlushTrigger, Orphan, Record};
+use dp_core::{Batch, BufferKey, FlushTrigger, Orphan, Record, Turn};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::deliver::Deliverer;
@@ -39,7 +39,7 @@ async fn deliver_held(
     while held.peek().is_some() {
         let (keys, records): (Vec<_>, Vec<_>) = held.by_ref().take(max_rows).unzip();
         let n = records.len();
-        Arc::clone(deliverer).deliver(Batch { records, keys }, trigger).await?;
+        Arc::clone(deliverer).deliver(Batch { records, keys }, trigger, Turn::now(), None).await?;
         PipelineStats::add(counter, metric, n);
     }
     Ok(())

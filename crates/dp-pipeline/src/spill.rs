@@ -115,6 +115,11 @@ impl Spill {
         self.bytes
     }
 
+    /// Whether batches spill at all (the buffer reads back, and the limit leaves room).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// True when nothing is spilled.
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dp_core::{BatchOutcome, DeadLetter, DeadLetterPublisher, Record, Sink, SinkError};
+use dp_core::{BatchOutcome, DeadLetter, DeadLetterPublisher, Record, Sink, SinkError, Turn};
 use mysql_async::prelude::*;
 use mysql_async::{Pool, PoolConstraints, PoolOpts, TxOpts, Value};
 
@@ -545,13 +545,21 @@ pub(crate) async fn check_columns(
 #[async_trait]
 impl Sink for MysqlSink {
     async fn write_batch(&self, records: &[Record]) -> Result<BatchOutcome, SinkError> {
+        self.write_batch_in_turn(records, &Turn::now()).await
+    }
+
+    /// Fetches the batch's schemas and maps its records before the turn (outside the
+    /// transaction, which then holds the watermark locks briefly); takes a connection, locks
+    /// the watermarks and writes from the turn on.
+    async fn write_batch_in_turn(&self, records: &[Record], turn: &Turn) -> Result<BatchOutcome, SinkError> {
         if records.is_empty() {
             return Ok(BatchOutcome::default());
         }
         self.fetch_schemas(records).await?;
-        // Map outside the transaction, to hold the watermark locks briefly.
         let now = time::OffsetDateTime::now_utc();
         let mapped: Vec<Mapped> = records.iter().map(|r| self.map(r, now)).collect::<Result<_, _>>()?;
+        // Not before: the batch before may need the last connection of the pool to retry.
+        turn.wait().await?;
         let mut conn = self.begin().await?;
         match tokio::time::timeout(self.query_timeout, self.write_in(&mut conn, records, mapped)).await {
             Ok(outcome) => {
