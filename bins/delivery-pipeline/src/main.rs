@@ -6,16 +6,21 @@
 /// mysql_async keeps up to 128 I/O buffers for reuse and lets each keep up to 4 MiB of capacity.
 /// Every 1000-row INSERT needs a ~600 KB buffer, and the pool hands its buffers out in turn, so
 /// over a long backlog nearly all of them grow to that size: ~40 MB of resident memory that does
-/// nothing (measured with `valgrind --tool=massif`, docs/PERFORMANCE.md). Capping what a returned
-/// buffer keeps at 64 KiB costs one allocation per statement. mysql_async reads the cap from the
-/// environment when it first creates its pool, so it is set here, unless the operator set it.
+/// nothing (measured with `valgrind --tool=massif`, docs/PERFORMANCE.md). Capping what a
+/// returned buffer keeps at 64 KiB, as this did before, traded that for a ~1 MB allocation (and
+/// its doublings) per statement, which the allocator keeps as dirty pages: peak RSS was as high.
+/// So the pool keeps at most 8 buffers (two connections write at once, each reading and
+/// writing), each up to 2 MiB: at most 16 MiB, no allocation per statement. mysql_async reads
+/// these from the environment when it first creates its pool, so they are set here, unless the
+/// operator set them.
 #[allow(unsafe_code)]
 fn cap_mysql_buffers() {
-    const VAR: &str = "MYSQL_ASYNC_BUFFER_SIZE_CAP";
-    if std::env::var_os(VAR).is_none() {
-        // SAFETY: called first thing in `main`, before the runtime or any other thread exists,
-        // so nothing can read the environment concurrently.
-        unsafe { std::env::set_var(VAR, "65536") };
+    for (var, value) in [("MYSQL_ASYNC_BUFFER_POOL_CAP", "8"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "2097152")] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: called first thing in `main`, before the runtime or any other thread
+            // exists, so nothing can read the environment concurrently.
+            unsafe { std::env::set_var(var, value) };
+        }
     }
 }
 
@@ -24,6 +29,18 @@ fn cap_mysql_buffers() {
 // (docs/PERFORMANCE.md). The library crates leave the allocator to whoever embeds them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: freed pages go back to the system after a second
+/// (its default is ten), purged by its own background thread rather than by the threads that
+/// free them. A batch's buffers (records, Redis command, statement parameters) are large
+/// allocations of varying sizes that jemalloc otherwise keeps as dirty pages: peak RSS on a
+/// 200k backlog fell from 95 to 63 MiB (docs/PERFORMANCE.md). `_RJEM_MALLOC_CONF` in the
+/// environment still overrides it.
+#[allow(non_upper_case_globals, unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: a pointer to the first byte of a static, NUL-terminated string.
+    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
 
 use std::path::PathBuf;
 use std::process::ExitCode;
