@@ -3,7 +3,7 @@
 
 mod servers;
 
-use dp_core::{DeadLetter, Record, Sink};
+use dp_core::{DeadLetter, Record, Sink, Turn};
 use dp_sink_mysql::{MysqlSink, WatermarkMode};
 use mysql_async::prelude::Queryable;
 use servers::{Server, on_both_servers};
@@ -12,6 +12,7 @@ on_both_servers!(
     records_below_the_watermark_and_repeated_offsets_are_written_once,
     under_after_buffer_older_records_stored_after_newer_ones_are_neither_skipped_nor_doubled,
     a_batch_whose_watermark_cannot_be_written_stores_nothing,
+    a_batch_waiting_for_its_turn_holds_no_connection_and_writes_nothing_before_it,
 );
 
 fn rec(offset: i64) -> Record {
@@ -92,6 +93,57 @@ async fn under_after_buffer_older_records_stored_after_newer_ones_are_neither_sk
     assert_eq!((o.inserted, o.duplicates), (0, 10));
     let rows: Option<u64> = conn.query_first(format!("SELECT COUNT(*) FROM `{table}`")).await.expect("count");
     assert_eq!(rows, Some(15));
+    conn.query_drop(format!("DROP TABLE `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
+        .await
+        .expect("drop");
+}
+
+async fn count(conn: &mut mysql_async::Conn, table: &str) -> Option<u64> {
+    conn.query_first(format!("SELECT COUNT(*) FROM `{table}`")).await.expect("count")
+}
+
+async fn a_batch_waiting_for_its_turn_holds_no_connection_and_writes_nothing_before_it(server: &Server) {
+    let table = format!("sink_turn_{}", std::process::id());
+    let mut conn = server.conn().await;
+    // One connection: a batch waiting for its turn that took it would leave the batch before
+    // it none to write (or retry) with.
+    let config = dp_sink_mysql::MysqlSinkConfig {
+        max_connections: 1,
+        connect_timeout: std::time::Duration::from_secs(3),
+        ..server.fresh_sink_config(&mut conn, &table).await
+    };
+    let sink = MysqlSink::connect(&config).await.expect("connect").with_consumer_group("g");
+    sink.write_batch(&[rec(0), rec(1)]).await.expect("first batch");
+
+    let (done, turn) = Turn::after();
+    let next = [rec(3), rec(4)];
+    let waiting = sink.write_batch_in_turn(&next, &turn);
+    let before = async {
+        // The next batch has prepared by now and waits for its turn.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let o = tokio::time::timeout(std::time::Duration::from_secs(10), sink.write_batch(&[rec(2)]))
+            .await
+            .expect("the batch before is not held up by the one waiting for its turn")
+            .expect("written");
+        assert_eq!(o.inserted, 1);
+        assert_eq!(
+            count(&mut conn, &table).await,
+            Some(3),
+            "nothing of the waiting batch is written before its turn"
+        );
+        done.done();
+    };
+    let (written, ()) = tokio::join!(waiting, before);
+    assert_eq!(written.expect("written in its turn").inserted, 2);
+    assert_eq!(count(&mut conn, &table).await, Some(5));
+    assert_eq!(sink.watermarks(&[("t".into(), 0)]).await.expect("watermarks"), vec![("t".to_string(), 0, 5)]);
+
+    // The batch before failed: the one after it writes nothing and says so.
+    let (failed, turn) = Turn::after();
+    drop(failed);
+    let err = sink.write_batch_in_turn(&[rec(5)], &turn).await.expect_err("its turn never comes");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(count(&mut conn, &table).await, Some(5));
     conn.query_drop(format!("DROP TABLE `{table}`, `{table}_dead_letter`, `{table}_offsets`"))
         .await
         .expect("drop");
