@@ -73,6 +73,74 @@ pub struct Repetition {
     pub cpu_seconds_per_100k: f64,
     /// Highest resident set size of the pipeline process, MiB.
     pub peak_rss_mib: f64,
+    /// What the pipeline's per-batch timeline shows about MySQL's time.
+    pub timeline: Timeline,
+}
+
+/// The end-to-end run read from the pipeline's per-batch timeline (`dp_pipeline::timeline` at
+/// debug, in its log), leaving out the first and last five batches (start-up and drain).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Timeline {
+    /// Batches in the timeline.
+    pub batches: usize,
+    /// Share of the span in which a batch was being written (its turn came, the sink had not
+    /// returned): how busy the pipeline kept MySQL.
+    pub mysql_busy: f64,
+    /// Share of the span in which MySQL waited for the pipeline: the batch before was written
+    /// and the next one was not handed over yet.
+    pub mysql_waiting_for_pipeline: f64,
+    /// Median ms from a batch's turn to its commit (the sink's transaction).
+    pub write_ms: f64,
+    /// Median ms a batch was handed over before its turn (prepared while the one before was
+    /// written).
+    pub handed_ahead_ms: f64,
+    /// Median ms from a commit to the write-ahead copies removed.
+    pub remove_ms: f64,
+    /// Median records per poll.
+    pub poll_records: f64,
+    /// Median ms to store a poll's write-ahead copies.
+    pub append_ms: f64,
+}
+
+impl Timeline {
+    /// Reads the `poll` and `batch` events of a pipeline log.
+    fn of_log(log: &str) -> Self {
+        let fields = |line: &str| -> std::collections::HashMap<String, f64> {
+            line.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_owned(), v.trim_matches('"').parse().ok()?)))
+                .collect()
+        };
+        let mut polls = Vec::new();
+        let mut batches = Vec::new();
+        for line in log.lines().filter(|l| l.contains(dp_pipeline::metrics::TIMELINE)) {
+            let f = fields(line);
+            let get = |k: &str| f.get(k).copied();
+            if let (Some(rows), Some(h), Some(t), Some(w), Some(r)) =
+                (get("rows"), get("handed"), get("turn"), get("written"), get("removed"))
+            {
+                batches.push((rows, h, t, w, r));
+            } else if let (Some(n), Some(p), Some(a)) = (get("records"), get("polled"), get("appended")) {
+                polls.push((n, p, a));
+            }
+        }
+        let steady = if batches.len() > 10 { &batches[5..batches.len() - 5] } else { &batches[..] };
+        let (Some(first), Some(last)) = (steady.first(), steady.last()) else { return Self::default() };
+        let span = (last.3 - first.2).max(1.0);
+        let busy: f64 = steady.iter().map(|b| b.3 - b.2).sum();
+        let waiting: f64 = steady.windows(2).map(|w| (w[1].1 - w[0].3).max(0.0)).sum();
+        let ms = |v: Vec<f64>| median(v) / 1000.0;
+        Self {
+            batches: steady.len(),
+            mysql_busy: busy / span,
+            mysql_waiting_for_pipeline: waiting / span,
+            write_ms: ms(steady.iter().map(|b| b.3 - b.2).collect()),
+            handed_ahead_ms: ms(steady.iter().map(|b| b.2 - b.1).collect()),
+            remove_ms: ms(steady.iter().map(|b| b.4 - b.3).collect()),
+            poll_records: median(polls.iter().map(|p| p.0).collect()),
+            append_ms: ms(polls.iter().map(|p| p.2 - p.1).collect()),
+        }
+    }
 }
 
 /// What one run measured. Written as `target/bench/e2e.json`.
@@ -116,9 +184,16 @@ pub struct BenchReport {
     pub cpu_seconds_per_100k: f64,
     /// Median: highest resident set size of the pipeline process (`VmHWM`), MiB.
     pub peak_rss_mib: f64,
-    /// Resident set size of the pipeline process every 5 s from its first stored batch, MiB,
-    /// in the last repetition.
+    /// Resident set size of the pipeline process every second from its start (its Kafka group
+    /// join included), MiB, in the last repetition.
     pub rss_mib_over_time: Vec<f64>,
+    /// Median of the repetitions: the share of the end-to-end span in which MySQL was writing a
+    /// batch ([`Timeline::mysql_busy`]).
+    pub mysql_busy: f64,
+    /// Median of the repetitions: the share in which MySQL waited for the pipeline.
+    pub mysql_waiting_for_pipeline: f64,
+    /// The last repetition's timeline, stage by stage.
+    pub timeline: Timeline,
     /// Redis `used_memory` growth per buffered message (10,000 of these events appended).
     pub redis_bytes_per_message: f64,
     /// The same with `redis.compression = "zstd"`.
@@ -216,6 +291,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
             end_to_end_rows_per_s,
             cpu_seconds_per_100k: e2e.cpu_seconds * 100_000.0 / opts.count as f64,
             peak_rss_mib: e2e.peak_rss_kib as f64 / 1024.0,
+            timeline: e2e.timeline,
         });
         last = Some((e2e, latency));
     }
@@ -246,6 +322,9 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         cpu_seconds_per_100k: med(|r| r.cpu_seconds_per_100k),
         peak_rss_mib: med(|r| r.peak_rss_mib),
         rss_mib_over_time: e2e.rss_mib_over_time,
+        mysql_busy: med(|r| r.timeline.mysql_busy),
+        mysql_waiting_for_pipeline: med(|r| r.timeline.mysql_waiting_for_pipeline),
+        timeline: e2e.timeline,
         redis_bytes_per_message,
         redis_bytes_per_message_zstd,
         redis_compression: config.redis.compression,
@@ -509,6 +588,7 @@ struct E2e {
     rss_mib_over_time: Vec<f64>,
     mysql_statements: u64,
     redis_commands: u64,
+    timeline: Timeline,
 }
 
 /// Runs the pipeline process over the backlog of `count` events until every one is stored.
@@ -530,9 +610,10 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
         if done > 0 && first.is_none() {
             first = Some(Instant::now());
         }
-        if first.is_some() && Instant::now() >= next_sample {
+        // From the process's start (its group join included), every second.
+        if Instant::now() >= next_sample {
             rss_mib_over_time.push(pipeline.rss_kib() as f64 / 1024.0);
-            next_sample = Instant::now() + Duration::from_secs(5);
+            next_sample += Duration::from_secs(1);
         }
         bar.set_position(done);
         if done >= count {
@@ -550,8 +631,10 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
         })
         .collect();
     let (cpu_seconds, peak_rss_kib) = (pipeline.cpu_seconds(), pipeline.peak_rss_kib());
+    let log = pipeline.log.clone();
     pipeline.stop()?;
     bar.finish_and_clear();
+    let timeline = Timeline::of_log(&std::fs::read_to_string(&log).unwrap_or_default());
     let mysql_statements =
         questions(&mut conn).await?.saturating_sub(questions_before).saturating_sub(progress.queries + 1);
     let redis_commands = commands_processed(redis.client()).await?.saturating_sub(commands_before + 1);
@@ -570,6 +653,7 @@ async fn pipeline_run(config: &Config, count: u64) -> anyhow::Result<E2e> {
         rss_mib_over_time,
         mysql_statements,
         redis_commands,
+        timeline,
     })
 }
 
@@ -612,6 +696,8 @@ impl PipelineProcess {
         std::fs::create_dir_all(dir).context("cannot create target/bench")?;
         let mut settings = crate::settings::Settings { pipeline: config.clone(), ..Default::default() };
         settings.http.enabled = false;
+        // The per-batch timeline, which the report reads back from the log.
+        settings.log.level = format!("info,{}=debug", dp_pipeline::metrics::TIMELINE);
         let c = &settings.pipeline;
         let file = dir.join(format!("{}.toml", c.instance_id));
         std::fs::write(&file, toml::to_string(&settings)?)
@@ -770,7 +856,19 @@ impl std::fmt::Display for BenchReport {
         writeln!(f, "| CPU per 100k rows (pipeline process) | {:.2} s |", self.cpu_seconds_per_100k)?;
         writeln!(f, "| peak RSS (pipeline process) | {:.0} MiB |", self.peak_rss_mib)?;
         let over: Vec<String> = self.rss_mib_over_time.iter().map(|m| format!("{m:.0}")).collect();
-        writeln!(f, "| RSS every 5 s while delivering, MiB | {} |", over.join(" "))?;
+        writeln!(f, "| RSS every second from the process's start, MiB | {} |", over.join(" "))?;
+        writeln!(
+            f,
+            "| MySQL busy writing batches / waiting for the pipeline (share of the run) | {:.0}% / {:.0}% |",
+            self.mysql_busy * 100.0,
+            self.mysql_waiting_for_pipeline * 100.0
+        )?;
+        let t = &self.timeline;
+        writeln!(
+            f,
+            "| timeline medians: poll (records, write-ahead ms); batch (handed over before its turn, MySQL write, write-ahead removal ms) | {:.0}, {:.1}; {:.1}, {:.1}, {:.1} ({} batches) |",
+            t.poll_records, t.append_ms, t.handed_ahead_ms, t.write_ms, t.remove_ms, t.batches
+        )?;
         writeln!(
             f,
             "| Redis memory per buffered message | {:.0} bytes (zstd: {:.0} bytes) |",
@@ -789,13 +887,13 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "\n| repetition | MySQL alone | sink | mapping | naive | end to end | ratio | CPU/100k | peak RSS |"
+            "\n| repetition | MySQL alone | sink | mapping | naive | end to end | ratio | MySQL busy | CPU/100k | peak RSS |"
         )?;
-        write!(f, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+        write!(f, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
         for (i, r) in self.repetitions.iter().enumerate() {
             write!(
                 f,
-                "\n| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} s | {:.0} MiB |",
+                "\n| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0}% | {:.2} s | {:.0} MiB |",
                 i + 1,
                 r.mysql_alone_rows_per_s,
                 r.sink_rows_per_s,
@@ -803,6 +901,7 @@ impl std::fmt::Display for BenchReport {
                 r.naive_rows_per_s,
                 r.end_to_end_rows_per_s,
                 r.end_to_end_rows_per_s / r.mysql_alone_rows_per_s,
+                r.timeline.mysql_busy * 100.0,
                 r.cpu_seconds_per_100k,
                 r.peak_rss_mib
             )?;
@@ -814,6 +913,41 @@ impl std::fmt::Display for BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_shows_how_busy_the_pipeline_keeps_mysql() {
+        // Twelve batches of 10 ms, each handed over 4 ms before its turn; after the sixth,
+        // MySQL waits 5 ms for the next one (handed over 5 ms after the commit before it).
+        let mut log = String::from("2026-12-07T11:18:36Z  INFO delivery_pipeline: started\n");
+        let mut at = 1_000.0;
+        for i in 0..12 {
+            if i == 6 {
+                at += 5_000.0;
+            }
+            let (handed, turn) = if i == 6 { (at, at) } else { (at - 4_000.0, at) };
+            log.push_str(&format!(
+                "2026-12-07T11:18:36Z DEBUG dp_pipeline::timeline: poll records=1000 polled={} appended={}\n",
+                handed - 3_000.0,
+                handed - 1_000.0
+            ));
+            log.push_str(&format!(
+                "2026-12-07T11:18:36Z DEBUG dp_pipeline::timeline: batch rows=1000 handed={handed} turn={turn} written={} removed={}\n",
+                turn + 10_000.0,
+                turn + 10_800.0
+            ));
+            at += 10_000.0;
+        }
+        let t = Timeline::of_log(&log);
+        assert_eq!(t.batches, 2, "the first and last five are start-up and drain");
+        assert_eq!(t.write_ms, 10.0);
+        assert_eq!(t.handed_ahead_ms, 2.0, "4 ms ahead, then not at all");
+        assert_eq!(t.remove_ms, 0.8);
+        assert_eq!((t.poll_records, t.append_ms), (1000.0, 2.0));
+        // Batches 5 and 6: 20 ms of writing in a 25 ms span, 5 ms waiting.
+        assert!((t.mysql_busy - 0.8).abs() < 1e-9, "{t:?}");
+        assert!((t.mysql_waiting_for_pipeline - 0.2).abs() < 1e-9, "{t:?}");
+        assert_eq!(Timeline::of_log("no timeline here").batches, 0);
+    }
 
     #[test]
     fn medians_of_odd_and_even_counts() {
