@@ -124,6 +124,8 @@ impl Timeline {
                 polls.push((n, p, a));
             }
         }
+        // Each batch is logged once its keys are removed, which may come after the next one's.
+        batches.sort_by(|a, b| a.2.total_cmp(&b.2));
         let steady = if batches.len() > 10 { &batches[5..batches.len() - 5] } else { &batches[..] };
         let (Some(first), Some(last)) = (steady.first(), steady.last()) else { return Self::default() };
         let span = (last.3 - first.2).max(1.0);
@@ -709,6 +711,8 @@ impl PipelineProcess {
         for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("DP_")) {
             cmd.env_remove(k);
         }
+        // `RUST_LOG` would win over the settings' level and could hide the timeline.
+        cmd.env_remove("RUST_LOG");
         cmd.envs(crate::settings::secret_variables(c))
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)

@@ -52,6 +52,11 @@ impl Turn {
         self.0.as_ref().is_none_or(|rx| *rx.borrow())
     }
 
+    /// Whether the turn will never come: the batch before failed.
+    pub fn is_abandoned(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_err())
+    }
+
     /// Completes when the turn will never come: the batch before failed. Pending otherwise,
     /// also after the turn came.
     pub async fn abandoned(&self) {
@@ -96,6 +101,8 @@ mod tests {
         assert!(ready(turn.wait()).is_some_and(|r| r.is_ok()));
         assert!(ready(second.wait()).is_some_and(|r| r.is_ok()), "every clone sees it");
         assert!(ready(turn.abandoned()).is_none(), "a turn that came is never abandoned");
+        assert!(!turn.is_abandoned());
+        assert!(!Turn::now().is_abandoned());
     }
 
     #[test]
@@ -103,6 +110,7 @@ mod tests {
         let (done, turn) = Turn::after();
         drop(done);
         assert!(!turn.has_come());
+        assert!(turn.is_abandoned());
         let waited = ready(turn.wait()).expect("no waiting for a batch that failed");
         assert!(waited.is_err_and(|e| e.is_transient()));
         assert!(ready(turn.abandoned()).is_some());

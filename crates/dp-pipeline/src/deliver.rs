@@ -219,7 +219,7 @@ impl Deliverer {
     ) -> BoxFuture<'a, Result<BatchOutcome, PipelineError>> {
         Box::pin(async move {
             let mut err = match self
-                .retrying(|| self.sink.write_batch_in_turn(records, turn), iso.statement.as_ref())
+                .retrying(|| self.sink.write_batch_in_turn(records, turn), iso.statement.as_ref(), Some(turn))
                 .await?
             {
                 Ok(outcome) => {
@@ -235,7 +235,11 @@ impl Deliverer {
                     tracing::error!(topic = &*record.topic, partition = record.partition, offset = record.offset, error = %err, "the batch's first two records are each refused alone exactly as the whole batch was: taking it for a statement or schema fault; the rest of the batch is retried, not dead-lettered");
                     iso.statement = Some(refusal.clone());
                     match self
-                        .retrying(|| self.sink.write_batch_in_turn(records, turn), iso.statement.as_ref())
+                        .retrying(
+                            || self.sink.write_batch_in_turn(records, turn),
+                            iso.statement.as_ref(),
+                            Some(turn),
+                        )
                         .await?
                     {
                         Ok(outcome) => {
@@ -260,7 +264,7 @@ impl Deliverer {
                 // letter waits for the turn too.
                 turn.wait().await.map_err(|e| PipelineError::Task(e.to_string()))?;
                 return match self
-                    .retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry)), None)
+                    .retrying(|| self.sink.dead_letter(std::slice::from_ref(&entry)), None, None)
                     .await?
                 {
                     Ok(()) => {
@@ -286,11 +290,14 @@ impl Deliverer {
 
     /// Runs `op` until it succeeds or is refused (the inner `Err`: a data fault), backing off
     /// exponentially with full jitter on outages and on statement faults — among them a
-    /// presumed data fault equal to `guard`, which [`Isolation`] found to be one.
+    /// presumed data fault equal to `guard`, which [`Isolation`] found to be one. When `turn`
+    /// was abandoned (the batch before failed), the error is that, not the sink's: it stops
+    /// at once, counted as no sink failure.
     async fn retrying<'a, T>(
         &self,
         mut op: impl FnMut() -> BoxFuture<'a, Result<T, SinkError>>,
         guard: Option<&Refusal>,
+        turn: Option<&Turn>,
     ) -> Result<Result<T, SinkError>, PipelineError> {
         let mut schedule = self.backoff();
         let mut attempts = 0u32;
@@ -312,6 +319,9 @@ impl Deliverer {
                 }
                 Err(e) => e,
             };
+            if turn.is_some_and(Turn::is_abandoned) {
+                return Err(PipelineError::Task(e.to_string()));
+            }
             let statement = e.is_statement() || guard.is_some_and(|g| *g == Refusal::of(&e));
             if !statement && !e.is_transient() {
                 healthy(failing_since);

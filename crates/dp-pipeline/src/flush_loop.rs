@@ -13,7 +13,8 @@
 //! when the batch before is durable, so the store goes straight on to it. At most
 //! [`MAX_IN_FLIGHT`] batches are handed over at once, and polling waits while the batches
 //! handed over and the one collected hold `MAX_IN_FLIGHT × max_rows` records: the instance
-//! holds at most `2 × max_rows` records in memory. How a batch is written
+//! holds at most `2 × max_rows` records in memory (while the sink fails, one more batch may be
+//! collected to be spilled, see [`crate::spill`]). How a batch is written
 //! (retries, isolation of refused records) is [`crate::deliver`]'s; what happens before the
 //! first poll and beside the loop (restore, leases, adoption) is [`crate::recovery`]'s.
 
@@ -228,23 +229,21 @@ impl Pipeline {
             }
             let flying = Held::sum(&in_flight);
             spill.offer(&mut acc, (flying.records, flying.bytes), failing);
-            let (flying_records, flying_bytes) = in_flight
-                .iter()
-                .map(|f| f.held.in_memory())
-                .fold((0, 0), |(r, b), (fr, fb)| (r + fr, b + fb));
-            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying_records);
+            // A spilled batch in flight is read back into memory to be written.
+            PipelineStats::set(&stats.memory_buffered, m::BUFFERED, acc.len() + flying.records);
             PipelineStats::set(&stats.spilled, m::SPILLED, spill.rows());
-            m::set(m::BUFFERED_BYTES, acc.bytes() + flying_bytes);
+            m::set(m::BUFFERED_BYTES, acc.bytes() + flying.bytes);
             m::set(m::REDIS_BUFFERED, acc.keys() + flying.keys + spill.rows());
             let deadline = acc.deadline().map(tokio::time::Instant::from_std);
             // Room for the next poll: in the collected batch, and in memory beside the batches
-            // handed over; while the sink fails and full batches spill, in the collected batch
-            // alone (it leaves memory as soon as it is full).
-            let room = if failing && spill.enabled() {
-                acc.room()
-            } else {
-                acc.room().min((MAX_IN_FLIGHT * max_rows).saturating_sub(acc.len() + flying_records))
-            };
+            // handed over (a spilled one among them is read back into memory). While the sink
+            // fails, the collected batch may fill beyond that when it will be spilled as soon as
+            // it is full: it then leaves memory.
+            let mut room =
+                acc.room().min((MAX_IN_FLIGHT * max_rows).saturating_sub(acc.len() + flying.records));
+            if room == 0 && failing && spill.would_take(&acc, (flying.records, flying.bytes)) {
+                room = acc.room();
+            }
             // While a batch is retried and memory is full, look again now and then whether the
             // collected batch can be spilled, or filled to be (the sink's state changes inside
             // the flush task).
@@ -412,30 +411,23 @@ fn may_start(in_flight: &VecDeque<Flight>, spill: &Spill, sink_failing: bool) ->
 /// it can spill the collected batch.
 const SPILL_CHECK: Duration = Duration::from_millis(250);
 
-/// What a batch being written holds: records, their write-ahead keys, approximate bytes, and
-/// whether it is a spilled batch being read back (then none of it is in memory yet).
+/// What a batch handed to the sink holds: records, their write-ahead keys, approximate bytes.
+/// All of it is in memory while it is written (a spilled batch is read back first).
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {
     records: usize,
     keys: usize,
     bytes: usize,
-    spilled: bool,
 }
 
 impl Held {
-    /// What the batches in flight hold together, in memory or not.
+    /// What the batches in flight hold together.
     fn sum(in_flight: &VecDeque<Flight>) -> Self {
         in_flight.iter().fold(Self::default(), |sum, f| Self {
             records: sum.records + f.held.records,
             keys: sum.keys + f.held.keys,
             bytes: sum.bytes + f.held.bytes,
-            spilled: false,
         })
-    }
-
-    /// Records and bytes of this batch held in memory.
-    fn in_memory(&self) -> (usize, usize) {
-        if self.spilled { (0, 0) } else { (self.records, self.bytes) }
     }
 }
 
@@ -449,7 +441,7 @@ fn start(
 ) -> Flight {
     let bytes = acc.bytes();
     let batch = acc.take();
-    let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes, spilled: false };
+    let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes };
     let (done, turn) = Turn::after();
     let turn = std::mem::replace(next_turn, turn);
     Flight { handle: tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger, turn, Some(done))), held }
@@ -457,7 +449,7 @@ fn start(
 
 fn start_spilled(deliverer: &Arc<Deliverer>, spilled: Spilled, next_turn: &mut Turn) -> Flight {
     let n = spilled.keys.len();
-    let held = Held { records: n, keys: n, bytes: spilled.bytes, spilled: true };
+    let held = Held { records: n, keys: n, bytes: spilled.bytes };
     let (done, turn) = Turn::after();
     let turn = std::mem::replace(next_turn, turn);
     Flight {

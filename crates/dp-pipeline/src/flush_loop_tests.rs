@@ -689,16 +689,21 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
     let sink = Arc::new(MemSink { down: AtomicBool::new(true), ..MemSink::default() });
     let p = spilling_pipeline(&source, &buffer, &sink);
     let peak_spilled = Arc::new(AtomicU64::new(0));
+    // Most records in memory while the sink was down, and after it came back.
+    let peak_memory = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     // Records consumed when the limit was reached, and after waiting there.
     let consumed_at_limit = Arc::new(Mutex::new(None::<(u64, u64)>));
     let (peak, at_limit, s2) = (Arc::clone(&peak_spilled), Arc::clone(&consumed_at_limit), Arc::clone(&sink));
+    let memory = Arc::clone(&peak_memory);
     let mut reached: Option<(tokio::time::Instant, u64)> = None;
     let stopped = run_until(p, "all 500 records written once the sink is back", move |s| {
         peak.fetch_max(s.spilled, Ordering::Relaxed);
+        memory[usize::from(!s2.down.load(Ordering::Relaxed))].fetch_max(s.memory_buffered, Ordering::Relaxed);
         if s2.down.load(Ordering::Relaxed) {
             match reached {
-                // 10 being retried + 10 handed over before the sink failed (waiting for their
-                // turn) + 70 spilled + 10 collected = the limit of 100.
+                // 10 being retried + 10 handed over before the sink failed (waiting for its
+                // turn) + 70 spilled = 90. Memory is full (two batches), and spilling another
+                // batch would leave no room for a new one under the limit of 100.
                 None if s.spilled == 70 => reached = Some((tokio::time::Instant::now(), s.consumed)),
                 // Stay at the limit a while to show the loop takes nothing more, then recover.
                 Some((since, consumed)) if since.elapsed() >= Duration::from_millis(600) => {
@@ -713,9 +718,13 @@ async fn while_the_sink_is_down_full_batches_spill_to_the_buffer_up_to_the_limit
     .await
     .expect("runs");
     assert_eq!(peak_spilled.load(Ordering::Relaxed), 70, "spilled up to the limit, never past it");
+    // Two batches, and a third while it fills to be spilled; once the sink is back, spilled
+    // batches read back count too, and the bound is two batches again.
+    assert!(peak_memory[0].load(Ordering::Relaxed) <= 30, "{:?} while down", peak_memory[0]);
+    assert!(peak_memory[1].load(Ordering::Relaxed) <= 20, "{:?} once back", peak_memory[1]);
     let consumed =
         consumed_at_limit.lock().expect("lock").take().expect("the limit is reached while the sink is down");
-    assert_eq!(consumed, (100, 100), "at the limit of 100 records held, consumption stops");
+    assert_eq!(consumed, (90, 90), "at the limit of records held, consumption stops");
     assert_eq!(stopped.summary.stats.inserted, 500);
     assert_eq!(stopped.summary.stats.spilled, 0);
     let order: Vec<i64> = sink.written().into_iter().flat_map(|w| w.offsets).collect();

@@ -153,7 +153,8 @@ pub enum CommitPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
     /// Flush when this many records are buffered; also the largest batch. The instance holds at
-    /// most this many records being collected plus one batch being written.
+    /// most twice this many records: the batches handed to the sink and the one being collected
+    /// (while the sink fails, one more may be collected, spilled as soon as it is full).
     pub max_rows: usize,
     /// Flush when the oldest buffered record has waited this long (`30s`, `500ms`).
     #[serde(with = "humantime_serde")]

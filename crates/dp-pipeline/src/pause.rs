@@ -7,7 +7,8 @@ use tokio::sync::watch;
 /// Pauses and resumes a running pipeline, from any task (an admin endpoint, a signal handler).
 /// Cheap to clone; every clone controls the same pipeline.
 ///
-/// Pausing lets the batch being written finish, then the pipeline neither consumes nor writes:
+/// Pausing lets the batches handed to the sink finish (the one being written and the next,
+/// prepared behind it, if there is one), then the pipeline neither consumes nor writes:
 /// what it had collected stays held (in memory and in the write-ahead buffer) until it
 /// resumes, and the source stays in its consumer group (the Kafka source pauses its partitions
 /// and keeps polling). Readiness reports the pause. The state lives in this process only: a
@@ -34,7 +35,7 @@ impl PauseControl {
         self.state.send_if_modified(|paused| std::mem::replace(paused, false))
     }
 
-    /// Whether the pipeline is paused (or will be, once the batch in flight is written).
+    /// Whether the pipeline is paused (or will be, once the batches in flight are written).
     pub fn is_paused(&self) -> bool {
         *self.state.borrow()
     }

@@ -1,7 +1,8 @@
 //! Holding batches in the write-ahead buffer only while the sink is failing.
 //!
-//! Memory holds two batches: one being written and one being collected. When the sink fails
-//! transiently and the collected batch is full, consumption would stop there. If the buffer can
+//! Memory holds two batches' worth of records: the batches handed to the sink and the one
+//! being collected. When
+//! the sink fails transiently and memory is full, consumption would stop there. If the buffer can
 //! read records back ([`Buffer::can_fetch`](dp_core::Buffer::can_fetch)), the full batch is
 //! *spilled* instead: its records leave memory, their write-ahead copies stay in Redis, and only
 //! their keys are kept, in arrival order. Collection goes on. Once the sink answers again the
@@ -11,7 +12,8 @@
 //! At `buffer.max_buffered_rows` (memory and spilled records together) or
 //! `buffer.max_buffered_bytes`, nothing more is spilled: memory fills up, the runtime stops
 //! polling and the Kafka source pauses its partitions. Memory is therefore bounded however long
-//! the outage lasts: two batches of records, plus one key per spilled record.
+//! the outage lasts: two batches of records (three while a collected batch fills to be
+//! spilled: [`Spill::would_take`]), plus one key per spilled record.
 //!
 //! Spilled records are acknowledged only once the sink has them (under `after_sink`), so Kafka
 //! still has them too; a crash leaves them to the restore of the next start.
@@ -69,14 +71,7 @@ impl Spill {
         let rows = self.rows + acc.len() + held.0 + self.batch_rows;
         let bytes = (self.bytes + acc.bytes() + held.1) as u64;
         if rows > self.max_rows || bytes > self.max_bytes {
-            if !self.at_limit {
-                self.at_limit = true;
-                tracing::warn!(
-                    spilled = self.rows,
-                    spilled_bytes = self.bytes,
-                    "buffer limit reached (buffer.max_buffered_rows / max_buffered_bytes): consumption pauses until the sink recovers"
-                );
-            }
+            self.reached_limit();
             return false;
         }
         if self.queue.is_empty() {
@@ -115,9 +110,34 @@ impl Spill {
         self.bytes
     }
 
-    /// Whether batches spill at all (the buffer reads back, and the limit leaves room).
-    pub(crate) fn enabled(&self) -> bool {
-        self.enabled
+    /// Whether [`offer`](Self::offer) would spill the collected batch once it is full, the
+    /// sink still failing: every record so far is written ahead, and the limits leave room for
+    /// a full batch (its bytes estimated from the records held) plus a new one.
+    pub(crate) fn would_take(&mut self, acc: &Accumulator, held: (usize, usize)) -> bool {
+        if !self.enabled || self.at_limit || acc.keys() < acc.len() {
+            return false;
+        }
+        let rows = self.rows + self.batch_rows + held.0 + self.batch_rows;
+        let records = acc.len() + held.0;
+        let per_record = if records == 0 { 0 } else { (acc.bytes() + held.1).div_ceil(records) };
+        let bytes = (self.bytes + per_record * self.batch_rows + held.1) as u64;
+        if rows > self.max_rows || bytes > self.max_bytes {
+            self.reached_limit();
+            return false;
+        }
+        true
+    }
+
+    /// Nothing more may spill until the spilled batches are read back: said once.
+    fn reached_limit(&mut self) {
+        if !self.at_limit {
+            self.at_limit = true;
+            tracing::warn!(
+                spilled = self.rows,
+                spilled_bytes = self.bytes,
+                "buffer limit reached (buffer.max_buffered_rows / max_buffered_bytes): consumption pauses until the sink recovers"
+            );
+        }
     }
 
     /// True when nothing is spilled.

@@ -553,6 +553,8 @@ impl Sink for MysqlSink {
     /// the watermarks and writes from the turn on.
     async fn write_batch_in_turn(&self, records: &[Record], turn: &Turn) -> Result<BatchOutcome, SinkError> {
         if records.is_empty() {
+            // Durable as soon as the batch before is: the batch after must wait for that too.
+            turn.wait().await?;
             return Ok(BatchOutcome::default());
         }
         self.fetch_schemas(records).await?;
