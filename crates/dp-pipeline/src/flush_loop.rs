@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dp_core::{Accumulator, Buffer, BufferError, FlushTrigger, Sink, SinkError, Source, Turn};
+use dp_core::{Accumulator, Buffer, BufferError, FlushTrigger, Sink, SinkError, Source, Turn, TurnDone};
 use tokio::task::JoinHandle;
 
 use std::sync::atomic::Ordering;
@@ -442,16 +442,21 @@ fn start(
     let bytes = acc.bytes();
     let batch = acc.take();
     let held = Held { records: batch.records.len(), keys: batch.keys.len(), bytes };
-    let (done, turn) = Turn::after();
-    let turn = std::mem::replace(next_turn, turn);
+    let (turn, done) = take_turn(next_turn);
     Flight { handle: tokio::spawn(Arc::clone(deliverer).deliver(batch, trigger, turn, Some(done))), held }
+}
+
+/// The turn of the batch handed over now (`next_turn`), and what signals the turn of the one
+/// after it, which becomes `next_turn`.
+fn take_turn(next_turn: &mut Turn) -> (Turn, TurnDone) {
+    let (done, after) = Turn::after();
+    (std::mem::replace(next_turn, after), done)
 }
 
 fn start_spilled(deliverer: &Arc<Deliverer>, spilled: Spilled, next_turn: &mut Turn) -> Flight {
     let n = spilled.keys.len();
     let held = Held { records: n, keys: n, bytes: spilled.bytes };
-    let (done, turn) = Turn::after();
-    let turn = std::mem::replace(next_turn, turn);
+    let (turn, done) = take_turn(next_turn);
     Flight {
         handle: tokio::spawn(Arc::clone(deliverer).deliver_spilled(spilled.keys, turn, Some(done))),
         held,
