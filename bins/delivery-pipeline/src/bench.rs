@@ -15,8 +15,8 @@
 //!      batches) from the backlog until every event is stored, with a consumer group of its own;
 //!
 //! then prints a table (medians, ratios against MySQL alone, and every repetition) and writes
-//! `target/bench/e2e.json`. The tables it creates are dropped at
-//! the end; the topic stays.
+//! `target/bench/e2e.json`. Each measure's table is dropped as soon as it is measured, so every
+//! measure starts from the same free buffer pool; the topic stays.
 //!
 //! The pipeline runs as a process of its own (`delivery-pipeline run`, started by the benchmark
 //! with a settings file under `target/bench/`), so the CPU time and memory reported are the
@@ -263,10 +263,17 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         of("MySQL alone (pre-built 1000-row statements, round trips only)");
         let alone_table = format!("bench_alone_{id}_{rep}");
         let mysql_alone_rows_per_s = mysql_alone(&config, &alone_table, &topic, opts).await?;
+        // Each measure's table is dropped as soon as it is measured, so every measure writes
+        // into a buffer pool as free as the first one's: a backlog's rows fill MariaDB's
+        // default 128 MiB pool, and a measure that has to evict the one before's pages writes
+        // slower (in a 200k run that kept the tables to the end of the repetition, MariaDB's
+        // slow log timed the pipeline's INSERTs at 25.1 ms, MySQL alone's at 22.2, same rows).
+        drop_table(&config, &alone_table).await?;
         println!("    {mysql_alone_rows_per_s:.0} rows/s");
         of("the sink alone (1000-record batches through MysqlSink::write_batch)");
         let sink_table = format!("bench_sink_{id}_{rep}");
         let sink_rows_per_s = sink_alone(&config, &sink_table, &topic, opts).await?;
+        drop_table(&config, &sink_table).await?;
         println!("    {sink_rows_per_s:.0} rows/s");
         of("the column mapping alone (one core)");
         let mapping_records_per_s = mapping_alone(&config, &topic, opts)?;
@@ -274,6 +281,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         of(&format!("naive baseline (one autocommit INSERT per message, {} messages)", opts.naive_sample));
         let naive_table = format!("bench_naive_{id}_{rep}");
         let naive_rows_per_s = naive(&config, &naive_table, &topic, opts.naive_sample).await?;
+        drop_table(&config, &naive_table).await?;
         println!("    {naive_rows_per_s:.0} rows/s");
         of("the pipeline, from the backlog until every event is stored");
         let pc =
@@ -282,9 +290,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         let latency = latencies(&pc, 0, 0).await?;
         let end_to_end_rows_per_s = e2e.rows as f64 / e2e.delivery.as_secs_f64().max(f64::EPSILON);
         println!("    {end_to_end_rows_per_s:.0} rows/s");
-        for t in [&alone_table, &sink_table, &naive_table, &pc.mysql.table] {
-            drop_table(&config, t).await?;
-        }
+        drop_table(&config, &pc.mysql.table).await?;
         repetitions.push(Repetition {
             mysql_alone_rows_per_s,
             sink_rows_per_s,
