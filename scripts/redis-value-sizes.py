@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a buffered message could cost in Redis: docs/PERFORMANCE.md, "Redis bytes per message".
+"""How small a buffered payload could get, and what Redis holds per key: docs/PERFORMANCE.md.
 
 Run after `delivery-pipeline demo` (its table holds the events' payloads), against the local
 MariaDB and Redis:
@@ -11,12 +11,17 @@ Prints, for the demo's payloads:
   compresses each record alone, at level 1);
 - their size compressed with a zstd dictionary trained on two thirds of them, measured on the
   other third (the buffer has no dictionary mode: this is what one would give);
-- what Redis holds per key of the buffer's shape (`msg:buffer:<instance-id>:<32 hex>`, 63
+- what Redis holds per key of the buffer's shape (`msg:buffer:<instance-id>:<32 hex>`, 64
   characters as in `bench`) for values of a range of sizes (`MEMORY USAGE`), so a value size
-  reads as bytes per message.
+  reads as bytes per message. The value is the whole record: its payload plus topic, key,
+  headers and coordinates.
+
+Payloads are read back from MariaDB's JSON column, which stores them as sent (MySQL's would
+normalise them).
 
 Needs `zstandard` (bins/delivery-pipeline/tests/support/requirements.txt), the `mysql` and
-`redis-cli` clients. Writes one scratch key to Redis and deletes it.
+`redis-cli` clients, MariaDB on 127.0.0.1 as root (database `test`) and Redis on 127.0.0.1:6379,
+as the demo uses them. Writes one scratch key to Redis and deletes it.
 """
 
 import argparse
@@ -33,22 +38,27 @@ def payloads(limit: int) -> list[bytes]:
         capture_output=True, text=True, check=True,
     ).stdout
     rows = [line.encode() for line in out.splitlines()]
-    if len(rows) < 300:
+    if len(rows) < min(limit, 300):
         raise SystemExit(f"only {len(rows)} payloads in test.demo_delivery_events: run `delivery-pipeline demo` first")
     return rows
 
 
 def redis_usage(value_len: int) -> int:
     key = "msg:buffer:bench-mem-0123456789:" + "0" * 31 + "f"
-    subprocess.run(["redis-cli", "set", key, "a" * value_len], capture_output=True, check=True)
-    used = subprocess.run(["redis-cli", "memory", "usage", key], capture_output=True, text=True, check=True)
-    subprocess.run(["redis-cli", "del", key], capture_output=True, check=True)
-    return int(used.stdout.strip())
+    try:
+        subprocess.run(["redis-cli", "set", key, "a" * value_len], capture_output=True, check=True)
+        used = subprocess.run(["redis-cli", "memory", "usage", key], capture_output=True, text=True, check=True)
+    finally:
+        subprocess.run(["redis-cli", "del", key], capture_output=True, check=False)
+    try:
+        return int(used.stdout.strip())
+    except ValueError:
+        raise SystemExit(f"redis-cli memory usage answered {used.stdout.strip()!r}") from None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--samples", type=int, default=6000, help="payloads to read (at least 30)")
     args = parser.parse_args()
     ps = payloads(args.samples)
     cut = len(ps) * 2 // 3
@@ -63,8 +73,8 @@ def main() -> None:
         c = zstandard.ZstdCompressor(level=1, dict_data=d, write_checksum=False)
         print(f"zstd level 1, {size // 1024} KiB dictionary trained on {len(train)}: "
               f"mean {mean(len(c.compress(p)) for p in test):.0f} bytes")
-    print("Redis MEMORY USAGE of one key of the buffer's shape (63 characters), by value size:")
-    for n in (150, 200, 250, 300, 400, 440, 500, 545):
+    print("Redis MEMORY USAGE of one key of the buffer's shape (64 characters), by value size:")
+    for n in (150, 200, 250, 260, 300, 320, 400, 440, 448, 506, 512, 545, 600):
         print(f"  value {n:4} bytes: {redis_usage(n)} bytes")
 
 

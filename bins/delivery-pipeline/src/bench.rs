@@ -263,11 +263,8 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         of("MySQL alone (pre-built 1000-row statements, round trips only)");
         let alone_table = format!("bench_alone_{id}_{rep}");
         let mysql_alone_rows_per_s = mysql_alone(&config, &alone_table, &topic, opts).await?;
-        // Each measure's table is dropped as soon as it is measured, so every measure writes
-        // into a buffer pool as free as the first one's: a backlog's rows fill MariaDB's
-        // default 128 MiB pool, and a measure that has to evict the one before's pages writes
-        // slower (in a 200k run that kept the tables to the end of the repetition, MariaDB's
-        // slow log timed the pipeline's INSERTs at 25.1 ms, MySQL alone's at 22.2, same rows).
+        // Dropped at once, so every measure writes into a buffer pool as free as this one did
+        // (a backlog fills MariaDB's default pool; docs/PERFORMANCE.md, the evening's results).
         drop_table(&config, &alone_table).await?;
         println!("    {mysql_alone_rows_per_s:.0} rows/s");
         of("the sink alone (1000-record batches through MysqlSink::write_batch)");
