@@ -10,9 +10,9 @@
 /// returned buffer keeps at 64 KiB, as this did before, traded that for a ~1 MB allocation (and
 /// its doublings) per statement, which the allocator keeps as dirty pages: peak RSS was as high.
 /// So the pool keeps at most 8 buffers (a batch's connection, the watermark reads of a
-/// rebalance or an adoption beside it, each reading and writing), each up to 2 MiB: at most 16 MiB, no allocation per statement. mysql_async reads
-/// these from the environment when it first creates its pool, so they are set here, unless the
-/// operator set them.
+/// rebalance or an adoption beside it, each reading and writing), each up to 2 MiB: at most
+/// 16 MiB, no allocation per statement. mysql_async reads these from the environment when it
+/// first creates its pool, so they are set here, unless the operator set them.
 #[allow(unsafe_code)]
 fn cap_mysql_buffers() {
     for (var, value) in [("MYSQL_ASYNC_BUFFER_POOL_CAP", "8"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "2097152")] {

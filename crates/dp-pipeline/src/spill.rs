@@ -68,10 +68,7 @@ impl Spill {
         if !self.enabled || !sink_failing || acc.is_empty() || acc.room() > 0 || acc.keys() < acc.len() {
             return false;
         }
-        let rows = self.rows + acc.len() + held.0 + self.batch_rows;
-        let bytes = (self.bytes + acc.bytes() + held.1) as u64;
-        if rows > self.max_rows || bytes > self.max_bytes {
-            self.reached_limit();
+        if !self.fits(acc.len(), acc.bytes(), held) {
             return false;
         }
         if self.queue.is_empty() {
@@ -117,11 +114,18 @@ impl Spill {
         if !self.enabled || self.at_limit || acc.keys() < acc.len() {
             return false;
         }
-        let rows = self.rows + self.batch_rows + held.0 + self.batch_rows;
         let records = acc.len() + held.0;
         let per_record = if records == 0 { 0 } else { (acc.bytes() + held.1).div_ceil(records) };
-        let bytes = (self.bytes + per_record * self.batch_rows + held.1) as u64;
-        if rows > self.max_rows || bytes > self.max_bytes {
+        self.fits(self.batch_rows, per_record * self.batch_rows, held)
+    }
+
+    /// Whether the limits leave room for spilling a batch of `rows` records and `bytes` beside
+    /// `held` (the batches in flight: records, bytes) and a new batch in memory; says once when
+    /// they do not.
+    fn fits(&mut self, rows: usize, bytes: usize, held: (usize, usize)) -> bool {
+        let total_rows = self.rows + rows + held.0 + self.batch_rows;
+        let total_bytes = (self.bytes + bytes + held.1) as u64;
+        if total_rows > self.max_rows || total_bytes > self.max_bytes {
             self.reached_limit();
             return false;
         }
