@@ -10,7 +10,8 @@ Prints, for the demo's payloads:
 - their size compressed alone by zstd at a few levels (the buffer's `redis.compression = "zstd"`
   compresses each record alone, at level 1);
 - their size compressed with a zstd dictionary trained on two thirds of them, measured on the
-  other third (the buffer has no dictionary mode: this is what one would give);
+  other third (what `redis.compression = "zstd-dictionary"` does with the whole record, its
+  dictionary trained on the first 2,000 records; `delivery-pipeline bench` measures that);
 - what Redis holds per key of the buffer's shape (`msg:buffer:<instance-id>:<32 hex>`, 64
   characters as in `bench`) for values of a range of sizes (`MEMORY USAGE`), so a value size
   reads as bytes per message. The value is the whole record: its payload plus topic, key,

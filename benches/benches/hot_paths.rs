@@ -4,7 +4,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dp_benches::sample_record;
-use dp_core::{decode_record, encode_record_into, encode_record_zstd};
+use dp_core::{
+    Dictionary, decode_record, decode_record_with, encode_record_into, encode_record_zstd,
+    encode_record_zstd_dict,
+};
 use dp_sink_mysql::mapping::{ColumnConfig, ColumnMapping, WriteConfig};
 use dp_sink_mysql::sql::{self, Ident};
 
@@ -26,6 +29,17 @@ fn codec(c: &mut Criterion) {
     let packed = encode_record_zstd(&record, 1);
     g.bench_function("encode_zstd", |b| b.iter(|| encode_record_zstd(black_box(&record), 1)));
     g.bench_function("decode_zstd", |b| b.iter(|| decode_record(black_box(&packed))));
+    // `redis.compression = "zstd-dictionary"`: a dictionary trained on 2,000 other records.
+    let training: Vec<_> = (1000..3000).map(sample_record).collect();
+    let dictionary = Dictionary::train(&training, 4096).expect("the sample records train a dictionary");
+    let dictionaries = [dictionary.clone()];
+    let packed = encode_record_zstd_dict(&record, 1, &dictionary);
+    g.bench_function("encode_zstd_dictionary", |b| {
+        b.iter(|| encode_record_zstd_dict(black_box(&record), 1, &dictionary))
+    });
+    g.bench_function("decode_zstd_dictionary", |b| {
+        b.iter(|| decode_record_with(black_box(&packed), &dictionaries))
+    });
     g.finish();
 }
 

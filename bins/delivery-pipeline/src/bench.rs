@@ -200,6 +200,9 @@ pub struct BenchReport {
     pub redis_bytes_per_message: f64,
     /// The same with `redis.compression = "zstd"`.
     pub redis_bytes_per_message_zstd: f64,
+    /// The same with `redis.compression = "zstd-dictionary"`, once its dictionary is trained
+    /// (on 2,000 other events, appended first).
+    pub redis_bytes_per_message_zstd_dictionary: f64,
     /// The compression the pipeline run used.
     pub redis_compression: dp_buffer_redis::Compression,
     /// MySQL statements (`Questions`) per 1000 messages during the last pipeline run.
@@ -251,7 +254,9 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
     anyhow::ensure!(produced.produced == opts.count, "produced only {} events", produced.produced);
 
     use dp_buffer_redis::Compression;
-    step("Redis memory per buffered message (10,000 appended, plain and zstd)");
+    step("Redis memory per buffered message (10,000 appended: plain, zstd, zstd with a dictionary)");
+    let redis_bytes_per_message_zstd_dictionary =
+        redis_bytes_per_message(&config, id, &topic, Compression::ZstdDictionary).await?;
     let redis_bytes_per_message_zstd =
         redis_bytes_per_message(&config, id, &topic, Compression::Zstd).await?;
     let redis_bytes_per_message = redis_bytes_per_message(&config, id, &topic, Compression::None).await?;
@@ -332,6 +337,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         timeline: e2e.timeline,
         redis_bytes_per_message,
         redis_bytes_per_message_zstd,
+        redis_bytes_per_message_zstd_dictionary,
         redis_compression: config.redis.compression,
         mysql_statements_per_1000: per_1000(e2e.mysql_statements),
         redis_commands_per_1000: per_1000(e2e.redis_commands),
@@ -528,25 +534,54 @@ async fn naive(config: &Config, table: &str, topic: &str, sample: u64) -> anyhow
     Ok(sample as f64 / elapsed.as_secs_f64().max(f64::EPSILON))
 }
 
-/// Appends 10,000 records to a Redis buffer of its own and reads `used_memory` around it.
+/// Appends 10,000 records to a Redis buffer of its own and reads `used_memory` around it. With
+/// a dictionary, 2,000 other records are appended first, to train it, outside the measure.
 async fn redis_bytes_per_message(
     config: &Config,
     id: &str,
     topic: &str,
     compression: dp_buffer_redis::Compression,
 ) -> anyhow::Result<f64> {
+    use dp_buffer_redis::{Compression, TRAINING_RECORDS};
     const N: u64 = 10_000;
-    let redis = dp_buffer_redis::RedisBufferConfig { compression, ..config.redis.clone() };
-    let buffer = RedisBuffer::connect(&redis, &format!("bench-mem-{id}")).await?;
-    let before = used_memory(buffer.client()).await?;
+    let mut redis = dp_buffer_redis::RedisBufferConfig { compression, ..config.redis.clone() };
+    let mut instance = format!("bench-mem-{id}");
+    if compression == Compression::ZstdDictionary {
+        // A prefix of its own: the dictionary trained here is deleted afterwards, and must never
+        // be one the user's instances take up. The instance id is padded so that the keys are as
+        // long as the other measures' (a key's length moves Redis's memory per key).
+        let prefix = format!("bench-{id}");
+        let same_length = (redis.key_prefix.len() + instance.len()).saturating_sub(prefix.len()).max(1);
+        instance = "m".repeat(same_length);
+        redis.key_prefix = prefix;
+    }
+    let buffer = RedisBuffer::connect(&redis, &instance).await?;
     let topic: Arc<str> = Arc::from(topic);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut keys = Vec::new();
+    if compression == Compression::ZstdDictionary {
+        // Other events than the measured ones, which stay those of the other measures.
+        let mut other = rand::rngs::StdRng::seed_from_u64(4);
+        let training = records(&topic, N, TRAINING_RECORDS as u64, 1, &mut other);
+        keys.extend(buffer.append(&training).await?);
+        anyhow::ensure!(
+            buffer.dictionary_id().is_some(),
+            "no dictionary was trained on {TRAINING_RECORDS} events"
+        );
+    }
+    let before = used_memory(buffer.client()).await?;
     for from in (0..N).step_by(1000) {
         keys.extend(buffer.append(&records(&topic, from, 1000, 1, &mut rng)).await?);
     }
     let after = used_memory(buffer.client()).await?;
     buffer.remove(&keys).await?;
+    if let Some(dictionary) = buffer.dictionary_id() {
+        let prefix = &redis.key_prefix;
+        let _: () = buffer
+            .client()
+            .del(vec![format!("{prefix}:dictionary:{dictionary}"), format!("{prefix}:dictionary")])
+            .await?;
+    }
     buffer.close().await?;
     Ok(after.saturating_sub(before) as f64 / N as f64)
 }
@@ -878,8 +913,10 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "| Redis memory per buffered message | {:.0} bytes (zstd: {:.0} bytes) |",
-            self.redis_bytes_per_message, self.redis_bytes_per_message_zstd
+            "| Redis memory per buffered message | {:.0} bytes (zstd: {:.0} bytes; zstd with a dictionary: {:.0} bytes) |",
+            self.redis_bytes_per_message,
+            self.redis_bytes_per_message_zstd,
+            self.redis_bytes_per_message_zstd_dictionary
         )?;
         writeln!(f, "| Redis compression of the pipeline run | {:?} |", self.redis_compression)?;
         writeln!(f, "| MySQL statements per 1000 messages | {:.1} |", self.mysql_statements_per_1000)?;

@@ -4,7 +4,8 @@
 //! (or an adoption) that stored nothing would still end with every row in place. Here the
 //! instance that restores or adopts cannot reach Kafka at all: only the write-ahead copies can
 //! put the rows there. Every table is without the unique key on `event_id`, so a record stored
-//! by the restore and again after Kafka comes back would show.
+//! by the restore and again after Kafka comes back would show. One buffer is compressed with a
+//! zstd dictionary and adopted by an instance that never had it.
 
 mod common;
 
@@ -103,6 +104,63 @@ async fn a_dead_instances_buffer_is_adopted_under_a_new_id_even_without_kafka() 
         left.len()
     );
     assert!(left.is_empty(), "nothing left in Redis: {left:?}");
+    env.drop_tables().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_compressed_with_a_dictionary_is_adopted_by_an_instance_that_never_had_it() {
+    let env = TestEnv::new("adopt_dict");
+    env.create_topic(3).await;
+    env.without_unique_key().await;
+    let lease = ("DP_REDIS__LEASE_TTL", "3s");
+    let dictionary = [lease, ("DP_REDIS__COMPRESSION", "zstd-dictionary")];
+    // 2,500 events, of which it trains its dictionary on the first 2,000; then 500 more, which
+    // it compresses with it. It holds all of them when it is killed.
+    let mut produced = as_set(env.produce(2500).await);
+    let mut dead = env.spawn_named("dead", &["run"], &[&HOLD[..], &dictionary[..]].concat());
+    wait_for("the dictionary trained", Duration::from_secs(90), || async {
+        common::log_count(&env.log_path_named("dead"), "compressed with a zstd dictionary") >= 1
+    })
+    .await;
+    produced.extend(as_set(env.produce(EVENTS - 2500).await));
+    wait_for("the whole backlog in Redis", Duration::from_secs(90), || async {
+        env.redis_keys_named("dead").await == EVENTS as usize
+    })
+    .await;
+    sigkill(&mut dead);
+    assert_eq!(env.row_count().await, 0, "the kill came before any flush");
+
+    let redis = env.redis().await;
+    let mut versions = std::collections::BTreeMap::<u8, usize>::new();
+    for key in common::prefix_keys(&redis, &env.key_prefix).await.iter().filter(|k| k.contains(":buffer:")) {
+        let value: Vec<u8> = fred::prelude::KeysInterface::get(&redis, key.as_str()).await.expect("GET");
+        *versions.entry(value[0]).or_default() += 1;
+    }
+    eprintln!("held by format version: {versions:?}");
+    let by_version = |v: u8| versions.get(&v).copied().unwrap_or(0);
+    assert_eq!(
+        (by_version(dp_core::FORMAT_VERSION_ZSTD), by_version(dp_core::FORMAT_VERSION_ZSTD_DICT)),
+        (2500, 500),
+        "zstd alone before the dictionary, with it after"
+    );
+
+    // A replacement without compression (it never trained or loaded a dictionary), Kafka out of
+    // reach: the rows can only come from Redis, decoded with the dictionary stored there.
+    let nowhere = unreachable_kafka();
+    let mut heir = env.spawn_named("heir", &["run"], &[lease, ("DP_KAFKA__BROKERS", nowhere.as_str())]);
+    wait_for("the adopted rows", Duration::from_secs(60), || async { env.rows_so_far().await >= EVENTS })
+        .await;
+    let status = sigterm(&mut heir, Duration::from_secs(30));
+    assert!(status.success(), "clean exit on SIGTERM without Kafka, got {status}");
+    env.assert_stored_once(&produced).await;
+    // Only the dictionary is left: the pipeline never deletes one.
+    let mut left = env.redis_leftovers().await;
+    left.sort();
+    let prefix = &env.key_prefix;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0], format!("{prefix}:dictionary"), "{left:?}");
+    assert!(left[1].starts_with(&format!("{prefix}:dictionary:")), "{left:?}");
+    let _: () = fred::prelude::KeysInterface::del(&redis, left).await.expect("DEL");
     env.drop_tables().await;
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dp_core::{
-    Buffer, BufferError, BufferKey, Leases, ReadBack, Record, decode_record, encode_record,
-    encode_record_zstd,
+    Buffer, BufferError, BufferKey, Leases, ReadBack, Record, decode_record_with, encode_record,
+    encode_record_zstd, encode_record_zstd_dict,
 };
 use fred::prelude::*;
 use uuid::Uuid;
@@ -78,6 +78,7 @@ impl RedisBuffer {
             quarantine_prefix: format!("{}:quarantine:{instance_id}:", config.key_prefix),
             lease_ttl: config.lease_ttl,
             compression: config.compression,
+            dictionaries: Arc::default(),
             unclaimed_until: Arc::default(),
             clustered: config.mode == RedisMode::Cluster,
             hash_tag: config.hash_tag,
@@ -85,6 +86,12 @@ impl RedisBuffer {
         };
         // Claim our own buffer before anything else, so nobody adopts it while we restore.
         buffer.renew_lease().await.map_err(|source| connect_error(config.url.redacted(), source))?;
+        if config.compression == Compression::ZstdDictionary {
+            buffer
+                .load_published_dictionary()
+                .await
+                .map_err(|source| connect_error(config.url.redacted(), source))?;
+        }
         Ok(buffer)
     }
 
@@ -171,10 +178,20 @@ impl RedisBuffer {
             .ok_or_else(|| fred::error::Error::new(fred::error::ErrorKind::Cluster, "no cluster primaries"))
     }
 
-    pub(crate) fn encode(&self, record: &Record) -> Vec<u8> {
+    /// What `encode` compresses with: the dictionary in use (`zstd-dictionary` once one is
+    /// stored), read once per append.
+    pub(crate) fn encoding(&self) -> Option<dp_core::Dictionary> {
         match self.compression {
-            Compression::None => encode_record(record),
-            Compression::Zstd => encode_record_zstd(record, 1),
+            Compression::ZstdDictionary => self.current_dictionary(),
+            Compression::None | Compression::Zstd => None,
+        }
+    }
+
+    pub(crate) fn encode(&self, record: &Record, dictionary: Option<&dp_core::Dictionary>) -> Vec<u8> {
+        match (self.compression, dictionary) {
+            (Compression::None, _) => encode_record(record),
+            (_, Some(dictionary)) => encode_record_zstd_dict(record, 1, dictionary),
+            (Compression::Zstd | Compression::ZstdDictionary, None) => encode_record_zstd(record, 1),
         }
     }
 
@@ -189,6 +206,7 @@ impl RedisBuffer {
         for chunk in keys.chunks(PAGE) {
             let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let values = self.mget_all(&names).await.map_err(|e| transient("MGET", e))?;
+            let dictionaries = self.dictionaries_for(values.iter().filter_map(Value::as_bytes)).await?;
             for (key, value) in chunk.iter().zip(values) {
                 let bytes = match value {
                     Value::Null => continue, // deleted between SCAN and MGET
@@ -199,7 +217,7 @@ impl RedisBuffer {
                         continue;
                     }
                 };
-                match decode_record(&bytes) {
+                match decode_record_with(&bytes, &dictionaries) {
                     Ok(record) => out.push((BufferKey(key.clone()), record)),
                     Err(e) => self.quarantine(key, &e.to_string()).await?,
                 }
@@ -233,8 +251,10 @@ impl Buffer for RedisBuffer {
         }
         let keys: Vec<String> =
             records.iter().map(|_| format!("{}{}", self.buffer_prefix, Uuid::now_v7().as_simple())).collect();
+        let dictionary = self.encoding();
         if self.spread() {
-            self.append_spread(&keys, records).await?;
+            self.append_spread(&keys, records, dictionary.as_ref()).await?;
+            self.learn_from(records).await;
             return Ok(keys.into_iter().map(BufferKey).collect());
         }
         if self.surely_unclaimed() {
@@ -245,11 +265,12 @@ impl Buffer for RedisBuffer {
             let mut args: Vec<Value> = Vec::with_capacity(records.len() * 2);
             for (key, record) in keys.iter().zip(records) {
                 args.push(Value::from(key.as_str()));
-                args.push(Value::Bytes(self.encode(record).into()));
+                args.push(Value::Bytes(self.encode(record, dictionary.as_ref()).into()));
             }
             let mset =
                 fred::types::CustomCommand::new_static("MSET", fred::types::ClusterHash::FirstKey, false);
             let _: Value = self.client.custom(mset, args).await.map_err(|e| transient("MSET", e))?;
+            self.learn_from(records).await;
             return Ok(keys.into_iter().map(BufferKey).collect());
         }
         // The claim and the keys share a slot (one server, or the instance id's hash tag in a
@@ -259,7 +280,8 @@ impl Buffer for RedisBuffer {
             let mut script_keys: Vec<&str> = Vec::with_capacity(ks.len() + 1);
             script_keys.push(&claim);
             script_keys.extend(ks.iter().map(String::as_str));
-            let values: Vec<Value> = rs.iter().map(|r| Value::Bytes(self.encode(r).into())).collect();
+            let values: Vec<Value> =
+                rs.iter().map(|r| Value::Bytes(self.encode(r, dictionary.as_ref()).into())).collect();
             let written: i64 = self
                 .client
                 .eval(APPEND_SCRIPT, script_keys, values)
@@ -269,6 +291,7 @@ impl Buffer for RedisBuffer {
                 return Err(being_adopted());
             }
         }
+        self.learn_from(records).await;
         Ok(keys.into_iter().map(BufferKey).collect())
     }
 
@@ -321,6 +344,7 @@ impl ReadBack for RedisBuffer {
     async fn fetch(&self, keys: &[BufferKey]) -> Result<Vec<Option<Record>>, BufferError> {
         let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let values = self.mget_all(&names).await.map_err(|e| transient("MGET", e))?;
+        let dictionaries = self.dictionaries_for(values.iter().filter_map(Value::as_bytes)).await?;
         let mut out = Vec::with_capacity(keys.len());
         for (key, value) in keys.iter().zip(values) {
             let bytes = match value {
@@ -336,7 +360,7 @@ impl ReadBack for RedisBuffer {
                     continue;
                 }
             };
-            match decode_record(&bytes) {
+            match decode_record_with(&bytes, &dictionaries) {
                 Ok(record) => out.push(Some(record)),
                 Err(e) => {
                     self.quarantine(&key.0, &e.to_string()).await?;

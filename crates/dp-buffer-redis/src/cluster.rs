@@ -190,7 +190,12 @@ impl RedisBuffer {
     /// Either way no partial chunk is ever restored, so a partition never has a key in Redis
     /// after a record held in memory only, and the records of a failed append were never
     /// acknowledged as buffered (Kafka has them).
-    pub(crate) async fn append_spread(&self, keys: &[String], records: &[Record]) -> Result<(), BufferError> {
+    pub(crate) async fn append_spread(
+        &self,
+        keys: &[String],
+        records: &[Record],
+        dictionary: Option<&dp_core::Dictionary>,
+    ) -> Result<(), BufferError> {
         self.settle().await.map_err(|e| transient("UNLINK of a failed append's keys", e))?;
         let pending = self.pending_key(&self.instance_id);
         self.client
@@ -199,7 +204,7 @@ impl RedisBuffer {
             .map_err(|e| transient("SET of the pending append", e))?;
         let mut result = Ok(());
         for (ks, rs) in keys.chunks(PAGE).zip(records.chunks(PAGE)) {
-            result = self.write_spread(ks, rs).await;
+            result = self.write_spread(ks, rs, dictionary).await;
             if result.is_err() {
                 break;
             }
@@ -223,7 +228,12 @@ impl RedisBuffer {
     }
 
     /// One page of a spread append: the fence's window, then one `MSET` per slot.
-    pub(crate) async fn write_spread(&self, keys: &[String], records: &[Record]) -> Result<(), BufferError> {
+    pub(crate) async fn write_spread(
+        &self,
+        keys: &[String],
+        records: &[Record],
+        dictionary: Option<&dp_core::Dictionary>,
+    ) -> Result<(), BufferError> {
         if !self.surely_unclaimed() {
             self.renew_lease().await.map_err(|e| transient("lease renewal", e))?;
             if !self.surely_unclaimed() {
@@ -235,7 +245,7 @@ impl RedisBuffer {
         let groups = by_slot(keys);
         let replies = futures::future::join_all(groups.iter().map(|g| {
             let pairs: Vec<(&str, Vec<u8>)> =
-                g.iter().map(|&i| (keys[i].as_str(), self.encode(&records[i]))).collect();
+                g.iter().map(|&i| (keys[i].as_str(), self.encode(&records[i], dictionary))).collect();
             self.client.mset(pairs)
         }))
         .await;

@@ -44,6 +44,7 @@
 mod buffer;
 mod cluster;
 mod config;
+mod dictionary;
 mod keys;
 mod lease;
 mod security;
@@ -56,6 +57,7 @@ use fred::prelude::*;
 
 pub use buffer::Persistence;
 pub use config::{Compression, RedisBufferConfig, RedisMode};
+pub use dictionary::{DICTIONARY_BYTES, TRAINING_RECORDS};
 pub use keys::is_key_segment;
 
 #[cfg(feature = "test-support")]
@@ -102,6 +104,9 @@ pub struct RedisBuffer {
     quarantine_prefix: String,
     lease_ttl: Duration,
     compression: Compression,
+    /// The zstd dictionaries this buffer writes and reads with (`compression =
+    /// "zstd-dictionary"`; any buffer reads records others wrote with one).
+    dictionaries: Arc<Mutex<dictionary::Dictionaries>>,
     /// Until when no claim on this instance can exist: a renewal confirmed there was none, and a
     /// claim needs the lease to be gone, which takes a full TTL after that renewal. Until then
     /// appends are a plain `MSET`; after, they go through the fenced script.

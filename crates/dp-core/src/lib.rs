@@ -29,11 +29,12 @@ pub mod traits;
 pub mod turn;
 
 pub use accumulator::{Accumulator, Batch, FlushTrigger};
-#[cfg(feature = "zstd")]
-pub use codec::encode_record_zstd;
 pub use codec::{
-    CodecError, FORMAT_VERSION, FORMAT_VERSION_ZSTD, decode_record, encode_record, encode_record_into,
+    CodecError, FORMAT_VERSION, FORMAT_VERSION_ZSTD, FORMAT_VERSION_ZSTD_DICT, decode_record,
+    decode_record_with, dictionary_id, encode_record, encode_record_into,
 };
+#[cfg(feature = "zstd")]
+pub use codec::{Dictionary, encode_record_zstd, encode_record_zstd_dict};
 pub use error::{BufferError, ErrorKind, SinkError, SourceError};
 pub use offsets::OffsetTracker;
 pub use record::{Coordinates, Header, Record, unix_millis};
