@@ -293,6 +293,7 @@ pub async fn run(config: Config, opts: BenchOptions) -> anyhow::Result<BenchRepo
         let end_to_end_rows_per_s = e2e.rows as f64 / e2e.delivery.as_secs_f64().max(f64::EPSILON);
         println!("    {end_to_end_rows_per_s:.0} rows/s");
         drop_table(&config, &pc.mysql.table).await?;
+        drop_dictionary(&pc).await?;
         repetitions.push(Repetition {
             mysql_alone_rows_per_s,
             sink_rows_per_s,
@@ -369,7 +370,35 @@ fn scratch_config(config: &Config, topic: &str, group: &str, table: &str) -> Con
     c.mysql.table = table.to_owned();
     c.mysql.dead_letter_table = None;
     c.mysql.create_table = true;
+    if c.redis.compression == dp_buffer_redis::Compression::ZstdDictionary {
+        // A key prefix of the run's own: the dictionary it trains on synthetic events is deleted
+        // afterwards (`drop_dictionary`), and must never be one the user's instances take up.
+        c.redis.key_prefix = format!("{}-{group}", c.redis.key_prefix);
+    }
     c
+}
+
+/// Deletes the dictionary a `zstd-dictionary` run trained under its own prefix
+/// (`scratch_config`), if it trained one.
+async fn drop_dictionary(config: &Config) -> anyhow::Result<()> {
+    if config.redis.compression != dp_buffer_redis::Compression::ZstdDictionary {
+        return Ok(());
+    }
+    let buffer = RedisBuffer::connect(&config.redis, &format!("{}-cleanup", config.instance_id)).await?;
+    delete_dictionary(&buffer, &config.redis.key_prefix).await?;
+    buffer.close().await?;
+    Ok(())
+}
+
+/// Deletes `<prefix>:dictionary` and the dictionary it names, if `buffer` uses one: one `DEL`
+/// each, as the two keys may sit in different slots of a Redis Cluster.
+async fn delete_dictionary(buffer: &RedisBuffer, prefix: &str) -> anyhow::Result<()> {
+    if let Some(id) = buffer.dictionary_id() {
+        for key in [format!("{prefix}:dictionary:{id}"), format!("{prefix}:dictionary")] {
+            let _: () = buffer.client().del(key).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `config`'s MySQL settings pointed at a fresh `table` of the run's own, created on connect.
@@ -575,13 +604,7 @@ async fn redis_bytes_per_message(
     }
     let after = used_memory(buffer.client()).await?;
     buffer.remove(&keys).await?;
-    if let Some(dictionary) = buffer.dictionary_id() {
-        let prefix = &redis.key_prefix;
-        let _: () = buffer
-            .client()
-            .del(vec![format!("{prefix}:dictionary:{dictionary}"), format!("{prefix}:dictionary")])
-            .await?;
-    }
+    delete_dictionary(&buffer, &redis.key_prefix).await?;
     buffer.close().await?;
     Ok(after.saturating_sub(before) as f64 / N as f64)
 }
@@ -1138,6 +1161,7 @@ pub async fn steady(
     // batch waits for the flush interval: neither is steady state, so both are left out.
     let latency = latencies(&pc, 1, pc.buffer.max_rows).await?;
     drop_table(&config, &pc.mysql.table).await?;
+    drop_dictionary(&pc).await?;
     anyhow::ensure!(rows == produced.produced + 1, "stored {rows} rows of {}", produced.produced + 1);
     let fill_ms = pc.buffer.max_rows as f64 * 1000.0 / rate as f64;
     let report = SteadyReport {

@@ -137,11 +137,13 @@ async fn a_buffer_compressed_with_a_dictionary_is_adopted_by_an_instance_that_ne
         *versions.entry(value[0]).or_default() += 1;
     }
     eprintln!("held by format version: {versions:?}");
+    // Which of the first 2,500 came after the training depends on how Kafka chunked them.
     let by_version = |v: u8| versions.get(&v).copied().unwrap_or(0);
-    assert_eq!(
-        (by_version(dp_core::FORMAT_VERSION_ZSTD), by_version(dp_core::FORMAT_VERSION_ZSTD_DICT)),
-        (2500, 500),
-        "zstd alone before the dictionary, with it after"
+    let (alone, with) =
+        (by_version(dp_core::FORMAT_VERSION_ZSTD), by_version(dp_core::FORMAT_VERSION_ZSTD_DICT));
+    assert!(
+        alone >= 2000 && with >= 500 && alone + with == EVENTS as usize,
+        "zstd alone before the dictionary, with it after: {versions:?}"
     );
 
     // A replacement without compression (it never trained or loaded a dictionary), Kafka out of

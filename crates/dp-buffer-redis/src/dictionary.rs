@@ -3,26 +3,38 @@
 //! the records that need it.
 //!
 //! - `<prefix>:dictionary:<id>` holds a dictionary's bytes; `<prefix>:dictionary` the id of the
-//!   one new records are compressed with. Both are written once and never expire: a record
-//!   compressed with a dictionary (format version 3) names its id, and whoever reads it —
-//!   restore, adoption, read-back, an instance configured without compression — fetches the
-//!   dictionary by that id. A dictionary is at most [`DICTIONARY_BYTES`].
+//!   one new records are compressed with. A record compressed with a dictionary (format version
+//!   3) names its id, and whoever reads it — restore, adoption, read-back, an instance
+//!   configured without compression — fetches the dictionary by that id. A dictionary is at
+//!   most [`DICTIONARY_BYTES`].
+//! - A dictionary key is written once (`SET NX`), never overwritten and never deleted: ids are a
+//!   hash of part of a dictionary only, so two instances could train different dictionaries
+//!   with one id; the second finds the key taken by other bytes and does not use its own.
 //! - An instance starting under a prefix that has a dictionary uses it at once. Otherwise it
-//!   compresses with zstd alone (version 2) while it keeps its first [`TRAINING_RECORDS`]
-//!   records, trains on them, stores the dictionary, and publishes its id only if no other
-//!   instance published one first (`SET NX`); the loser deletes its own, which no record used,
-//!   and takes the winner's.
-//! - No record is written compressed with a dictionary before that dictionary is stored.
+//!   compresses with zstd alone (version 2) while it keeps samples of its first
+//!   [`TRAINING_RECORDS`] records (at most [`SAMPLE_BYTES`] of each, [`TRAINING_BYTES`] in all).
+//!   Then it takes the prefix's dictionary if one was published meanwhile; if not, it trains
+//!   one, stores it, publishes its id unless another instance published first (`SET NX`), and
+//!   uses whichever is published. Training takes ~0.1 s, once, inside the append that fills the
+//!   samples.
+//! - No record is written compressed with a dictionary before that dictionary is stored: a
+//!   dictionary is put in use only after it is, and each append reads the one in use once.
 //! - Records too uniform to train on (zstd refuses) leave the instance on zstd alone, said once
 //!   in the log.
 
-use dp_core::{BufferError, Dictionary, Record, dictionary_id};
+use dp_core::{BufferError, Dictionary, Record, dictionary_id, training_sample};
 use fred::prelude::*;
 
 use crate::{Compression, RedisBuffer, transient};
 
-/// Records kept to train a dictionary on: enough for zstd to find what they share.
+/// Records sampled to train a dictionary on: enough for zstd to find what they share.
 pub const TRAINING_RECORDS: usize = 2000;
+
+/// At most this much of each record is kept as a sample.
+pub const SAMPLE_BYTES: usize = 4096;
+
+/// At most this much is kept for training in all (fewer records if they are large).
+pub const TRAINING_BYTES: usize = 1 << 20;
 
 /// The most bytes a trained dictionary takes (measured for 500-byte JSON events: 4 KiB
 /// compresses as well as 16 KiB, `scripts/redis-value-sizes.py`).
@@ -35,10 +47,19 @@ pub(crate) struct Dictionaries {
     current: Option<Dictionary>,
     /// Every dictionary this buffer has fetched or trained, for reading records.
     known: Vec<Dictionary>,
-    /// Records kept for training, until [`TRAINING_RECORDS`].
-    samples: Vec<Record>,
+    /// Samples kept for training (each a record's encoded body, cut at [`SAMPLE_BYTES`]).
+    samples: Vec<Vec<u8>>,
+    /// Their bytes in all.
+    sample_bytes: usize,
     /// Training failed: this process stays on zstd alone.
     given_up: bool,
+}
+
+impl Dictionaries {
+    /// Whether enough is kept to train on.
+    fn full(&self) -> bool {
+        self.samples.len() >= TRAINING_RECORDS || self.sample_bytes >= TRAINING_BYTES
+    }
 }
 
 impl RedisBuffer {
@@ -66,23 +87,29 @@ impl RedisBuffer {
         self.dictionaries().current.as_ref().map(Dictionary::id)
     }
 
-    /// At connect: the prefix's published dictionary, if any, becomes this buffer's.
-    pub(crate) async fn load_published_dictionary(&self) -> Result<(), fred::error::Error> {
+    /// The prefix's published dictionary, if there is one, becomes this buffer's (at connect,
+    /// and before training one). `false`: none is published, or the one named is missing.
+    pub(crate) async fn load_published_dictionary(&self) -> Result<bool, fred::error::Error> {
         let Some(id) = self.client.get::<Option<String>, _>(self.current_dictionary_key()).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let Ok(id) = id.parse::<u32>() else {
             tracing::warn!(key = %self.current_dictionary_key(), value = %id, "not a dictionary id; a new dictionary will be trained");
-            return Ok(());
+            return Ok(false);
         };
         match self.fetch_dictionary(id).await? {
-            Some(dictionary) => self.adopt_dictionary(dictionary),
-            None => tracing::warn!(
-                key = %self.dictionary_key(id),
-                "the published dictionary is missing; records compressed with it cannot be read, a new one will be trained"
-            ),
+            Some(dictionary) => {
+                self.adopt_dictionary(dictionary);
+                Ok(true)
+            }
+            None => {
+                tracing::warn!(
+                    key = %self.dictionary_key(id),
+                    "the published dictionary is missing; records compressed with it cannot be read, a new one will be trained"
+                );
+                Ok(false)
+            }
         }
-        Ok(())
     }
 
     /// Makes `dictionary` the one new records are compressed with.
@@ -92,6 +119,7 @@ impl RedisBuffer {
             d.known.push(dictionary.clone());
         }
         d.samples = Vec::new();
+        d.sample_bytes = 0;
         d.current = Some(dictionary);
     }
 
@@ -135,9 +163,10 @@ impl RedisBuffer {
         Ok(self.dictionaries().known.clone())
     }
 
-    /// After `records` were written: keeps them for training while no dictionary is in use,
-    /// and trains, stores and publishes one once there are enough. Failures leave the buffer
-    /// on zstd alone and are logged, never returned: the records are written.
+    /// After `records` were written: keeps samples of them while no dictionary is in use, and
+    /// once there are enough takes the published dictionary or trains, stores and publishes
+    /// one. Failures leave the buffer on zstd alone and are logged, never returned: the records
+    /// are written.
     pub(crate) async fn learn_from(&self, records: &[Record]) {
         if self.compression != Compression::ZstdDictionary {
             return;
@@ -147,16 +176,36 @@ impl RedisBuffer {
             if d.current.is_some() || d.given_up {
                 return;
             }
-            let room = TRAINING_RECORDS.saturating_sub(d.samples.len());
-            d.samples.extend(records.iter().take(room).cloned());
-            if d.samples.len() < TRAINING_RECORDS {
+            for record in records {
+                if d.full() {
+                    break;
+                }
+                let mut sample = training_sample(record);
+                sample.truncate(SAMPLE_BYTES);
+                d.sample_bytes += sample.len();
+                d.samples.push(sample);
+            }
+            if !d.full() {
                 return;
             }
+            d.sample_bytes = 0;
             std::mem::take(&mut d.samples)
         };
+        // Another instance may have published one meanwhile: take it rather than train.
+        match self.load_published_dictionary().await {
+            Ok(true) => {
+                self.log_in_use(None);
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the published zstd dictionary; retried on the next records");
+                return;
+            }
+        }
         let started = std::time::Instant::now();
         let trained =
-            tokio::task::spawn_blocking(move || Dictionary::train(&samples, DICTIONARY_BYTES)).await;
+            tokio::task::spawn_blocking(move || Dictionary::train_on(&samples, DICTIONARY_BYTES)).await;
         let training_ms = started.elapsed().as_millis() as u64;
         let ours = match trained {
             Ok(Ok(d)) => d,
@@ -171,52 +220,62 @@ impl RedisBuffer {
             }
         };
         match self.publish(ours).await {
-            Ok(dictionary) => {
-                self.adopt_dictionary(dictionary.clone());
-                tracing::info!(
-                    id = dictionary.id(),
-                    bytes = dictionary.as_bytes().len(),
-                    training_ms,
-                    "buffered records are now compressed with a zstd dictionary"
-                );
+            Ok(Some(dictionary)) => {
+                self.adopt_dictionary(dictionary);
+                self.log_in_use(Some(training_ms));
             }
+            Ok(None) => tracing::warn!(
+                "another zstd dictionary is stored under the id of the one trained here; retried on the next records"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store the zstd dictionary; retried on the next records");
             }
         }
     }
 
-    /// Stores `ours` and publishes its id unless another instance published first: returns
-    /// the dictionary published.
-    async fn publish(&self, ours: Dictionary) -> Result<Dictionary, fred::error::Error> {
-        let key = self.dictionary_key(ours.id());
-        self.client.set::<(), _, _>(key.as_str(), ours.as_bytes(), None, None, false).await?;
-        let published: Option<String> = self
-            .client
-            .set(self.current_dictionary_key(), ours.id().to_string(), None, Some(SetOptions::NX), false)
-            .await?;
-        if published.is_some() {
-            return Ok(ours);
+    fn log_in_use(&self, training_ms: Option<u64>) {
+        if let Some(d) = self.current_dictionary() {
+            tracing::info!(
+                id = d.id(),
+                bytes = d.as_bytes().len(),
+                training_ms,
+                "buffered records are now compressed with a zstd dictionary"
+            );
         }
-        let winner: Option<String> = self.client.get(self.current_dictionary_key()).await?;
-        let winner = match winner.and_then(|id| id.parse::<u32>().ok()) {
-            Some(id) if id == ours.id() => return Ok(ours),
+    }
+
+    /// Stores `ours` unless its key is taken, publishes its id unless another is published,
+    /// and returns the dictionary published. `None`: the key holds other bytes under our id.
+    async fn publish(&self, ours: Dictionary) -> Result<Option<Dictionary>, fred::error::Error> {
+        let key = self.dictionary_key(ours.id());
+        let stored: Option<String> =
+            self.client.set(key.as_str(), ours.as_bytes(), None, Some(SetOptions::NX), false).await?;
+        if stored.is_none() {
+            let there: Option<Vec<u8>> = self.client.get(key.as_str()).await?;
+            if there.as_deref() != Some(ours.as_bytes()) {
+                return Ok(None);
+            }
+        }
+        let pointer = self.current_dictionary_key();
+        let _: Option<String> = self
+            .client
+            .set(pointer.as_str(), ours.id().to_string(), None, Some(SetOptions::NX), false)
+            .await?;
+        let published: Option<String> = self.client.get(pointer.as_str()).await?;
+        let winner = match published.and_then(|id| id.parse::<u32>().ok()) {
+            Some(id) if id == ours.id() => return Ok(Some(ours)),
             Some(id) => self.fetch_dictionary(id).await?,
             None => None,
         };
         match winner {
-            Some(winner) => {
-                // Nothing was compressed with ours.
-                self.client.del::<(), _>(key.as_str()).await?;
-                Ok(winner)
-            }
-            // The published one is gone (deleted by hand): ours replaces it. Were another
-            // instance to do the same at once, each record still names the dictionary it needs.
+            Some(winner) => Ok(Some(winner)),
+            // The published one is gone (deleted by hand): ours, stored, replaces it. Were
+            // another instance to do the same at once, each record still names its dictionary.
             None => {
                 self.client
-                    .set::<(), _, _>(self.current_dictionary_key(), ours.id().to_string(), None, None, false)
+                    .set::<(), _, _>(pointer.as_str(), ours.id().to_string(), None, None, false)
                     .await?;
-                Ok(ours)
+                Ok(Some(ours))
             }
         }
     }

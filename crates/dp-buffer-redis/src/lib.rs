@@ -57,7 +57,7 @@ use fred::prelude::*;
 
 pub use buffer::Persistence;
 pub use config::{Compression, RedisBufferConfig, RedisMode};
-pub use dictionary::{DICTIONARY_BYTES, TRAINING_RECORDS};
+pub use dictionary::{DICTIONARY_BYTES, SAMPLE_BYTES, TRAINING_BYTES, TRAINING_RECORDS};
 pub use keys::is_key_segment;
 
 #[cfg(feature = "test-support")]

@@ -179,33 +179,96 @@ async fn plain_del(client: &Client, key: &str) {
 }
 
 #[tokio::test]
-async fn instances_training_at_once_settle_on_one_dictionary() {
-    let prefix = format!("zrace{}", std::process::id());
-    let config = RedisBufferConfig {
-        key_prefix: prefix.clone(),
-        compression: Compression::ZstdDictionary,
-        ..Default::default()
-    };
+async fn an_instance_whose_samples_fill_after_another_published_takes_that_dictionary() {
+    let prefix = format!("zlate{}", std::process::id());
+    let config = dictionary_config(&prefix);
     let late = RedisBuffer::connect(&config, "late").await.expect("connect");
     let first = RedisBuffer::connect(&config, "first").await.expect("connect");
-    // `late` keeps training records while `first` trains and publishes.
+    // `late` keeps samples while `first` trains and publishes.
     let mut late_keys = late.append(&batch(0, 1999)).await.expect("append");
     let first_keys = first.append(&batch(100_000, 2000)).await.expect("append");
     let id = first.dictionary_id().expect("trained");
-    late_keys.extend(late.append(&batch(1999, 1)).await.expect("append"));
-    assert_eq!(late.dictionary_id(), Some(id), "the one published first is used");
+    late_keys.extend(late.append(&batch(1999, 2)).await.expect("append"));
+    assert_eq!(late.dictionary_id(), Some(id), "the published one is taken, not trained again");
     let dictionaries = keys_matching(late.client(), &format!("{prefix}:dictionary:*")).await;
-    assert_eq!(dictionaries, [format!("{prefix}:dictionary:{id}")], "the loser's own is deleted");
+    assert_eq!(dictionaries, [format!("{prefix}:dictionary:{id}")], "one dictionary for the prefix");
+    let more = late.append(&batch(5000, 3)).await.expect("append");
+    assert_eq!(dp_core::dictionary_id(&stored(late.client(), &more[0].0).await), Some(id));
+    late_keys.extend(more);
 
     for (b, keys) in [(late, late_keys), (first, first_keys)] {
         b.remove(&keys).await.expect("remove");
         b.close().await.expect("close");
     }
+    clean(&config, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_dictionary_key_taken_by_other_bytes_is_never_overwritten_nor_used() {
+    let prefix = format!("zclash{}", std::process::id());
+    let config = dictionary_config(&prefix);
+    // The dictionary the instance will train (training is deterministic), and another one
+    // made to carry its id: ids hash only part of a dictionary, so this can happen.
+    let records = batch(0, dp_buffer_redis::TRAINING_RECORDS as i64);
+    let ours = dp_core::Dictionary::train(&records, dp_buffer_redis::DICTIONARY_BYTES).expect("trains");
+    let mut other =
+        dp_core::Dictionary::train(&batch(50_000, 2000), 2048).expect("trains").as_bytes().to_vec();
+    other[4..8].copy_from_slice(&ours.id().to_le_bytes());
+    let key = format!("{prefix}:dictionary:{}", ours.id());
     let client = reopened_client(&config).await;
-    let _: () = client
-        .del(vec![format!("{prefix}:dictionary:{id}"), format!("{prefix}:dictionary")])
-        .await
-        .expect("DEL");
+    let _: () = client.set(key.as_str(), other.as_slice(), None, None, false).await.expect("SET");
+
+    let b = RedisBuffer::connect(&config, "a").await.expect("connect");
+    let keys = b.append(&records).await.expect("append");
+    assert_eq!(b.dictionary_id(), None, "a dictionary whose key holds other bytes is not used");
+    assert_eq!(stored(&client, &key).await, other, "nor is the key overwritten");
+    let published: Option<String> = client.get(format!("{prefix}:dictionary")).await.expect("GET");
+    assert_eq!(published, None, "nor published");
+    let more = b.append(&batch(9000, 1)).await.expect("append");
+    assert_eq!(stored(&client, &more[0].0).await[0], FORMAT_VERSION_ZSTD, "zstd alone meanwhile");
+
+    b.remove(&keys).await.expect("remove");
+    b.remove(&more).await.expect("remove");
+    b.close().await.expect("close");
+    client.quit().await.expect("QUIT");
+    clean(&config, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_published_id_whose_dictionary_is_gone_is_replaced() {
+    let prefix = format!("zgone{}", std::process::id());
+    let config = dictionary_config(&prefix);
+    let client = reopened_client(&config).await;
+    let _: () = client.set(format!("{prefix}:dictionary"), "12345", None, None, false).await.expect("SET");
+
+    let b = RedisBuffer::connect(&config, "a").await.expect("connect");
+    assert_eq!(b.dictionary_id(), None, "the one named is missing");
+    let keys = b.append(&batch(0, 2000)).await.expect("append");
+    let id = b.dictionary_id().expect("trained its own");
+    let published: String = client.get(format!("{prefix}:dictionary")).await.expect("GET");
+    assert_eq!(published, id.to_string(), "and published it in place of the missing one");
+
+    b.remove(&keys).await.expect("remove");
+    b.close().await.expect("close");
+    client.quit().await.expect("QUIT");
+    clean(&config, &prefix).await;
+}
+
+fn dictionary_config(prefix: &str) -> RedisBufferConfig {
+    RedisBufferConfig {
+        key_prefix: prefix.to_owned(),
+        compression: Compression::ZstdDictionary,
+        ..Default::default()
+    }
+}
+
+/// Deletes the dictionaries under `prefix` (the buffer never does).
+async fn clean(config: &RedisBufferConfig, prefix: &str) {
+    let client = reopened_client(config).await;
+    let keys = keys_matching(&client, &format!("{prefix}:dictionary*")).await;
+    if !keys.is_empty() {
+        let _: () = client.del(keys).await.expect("DEL");
+    }
     client.quit().await.expect("QUIT");
 }
 

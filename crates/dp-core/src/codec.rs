@@ -95,17 +95,15 @@ impl Dictionary {
     /// too few or too uniform samples (about a hundred distinct records are needed).
     #[cfg(feature = "zstd")]
     pub fn train(records: &[Record], max_size: usize) -> Result<Self, CodecError> {
-        let mut data = Vec::new();
-        let mut sizes = Vec::with_capacity(records.len());
-        for record in records {
-            let before = data.len();
-            data = match postcard::to_extend(record, data) {
-                Ok(v) => v,
-                Err(e) => unreachable!("postcard cannot fail to encode a Record into a Vec: {e}"),
-            };
-            sizes.push(data.len() - before);
-        }
-        let trained = zstd::dict::from_continuous(&data, &sizes, max_size)
+        let samples: Vec<Vec<u8>> = records.iter().map(training_sample).collect();
+        Self::train_on(&samples, max_size)
+    }
+
+    /// Trains a dictionary of at most `max_size` bytes on `samples`, each a
+    /// [`training_sample`] (or the start of one).
+    #[cfg(feature = "zstd")]
+    pub fn train_on(samples: &[Vec<u8>], max_size: usize) -> Result<Self, CodecError> {
+        let trained = zstd::dict::from_samples(samples, max_size)
             .map_err(|e| CodecError::Dictionary(format!("training failed: {e}")))?;
         Self::from_bytes(trained)
     }
@@ -140,14 +138,33 @@ pub fn encode_record_into(record: &Record, out: &mut Vec<u8>) {
     };
 }
 
+/// What a dictionary is trained on: the record's body as versions 2 and 3 compress it.
+pub fn training_sample(record: &Record) -> Vec<u8> {
+    body(record)
+}
+
+/// The record in postcard's wire format, without a version byte.
+fn body(record: &Record) -> Vec<u8> {
+    match postcard::to_allocvec(record) {
+        Ok(v) => v,
+        Err(e) => unreachable!("postcard cannot fail to encode a Record into a Vec: {e}"),
+    }
+}
+
+/// `version`, then `compressed`.
+#[cfg(feature = "zstd")]
+fn framed(version: u8, compressed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(compressed.len() + 1);
+    out.push(version);
+    out.extend_from_slice(compressed);
+    out
+}
+
 /// Encodes `record` with its body compressed by zstd at `level` (1 is fast and, for JSON
 /// events, compresses about as well as the default 3).
 #[cfg(feature = "zstd")]
 pub fn encode_record_zstd(record: &Record, level: i32) -> Vec<u8> {
-    let body = match postcard::to_allocvec(record) {
-        Ok(v) => v,
-        Err(e) => unreachable!("postcard cannot fail to encode a Record into a Vec: {e}"),
-    };
+    let body = body(record);
     // A compression context is costly to create (tens of microseconds, more than compressing a
     // small record): each thread keeps one per level.
     thread_local! {
@@ -162,12 +179,7 @@ pub fn encode_record_zstd(record: &Record, level: i32) -> Vec<u8> {
         slot.as_mut().map(|(_, c)| c.compress(&body))
     });
     match compressed {
-        Some(Ok(compressed)) => {
-            let mut out = Vec::with_capacity(compressed.len() + 1);
-            out.push(FORMAT_VERSION_ZSTD);
-            out.extend_from_slice(&compressed);
-            out
-        }
+        Some(Ok(compressed)) => framed(FORMAT_VERSION_ZSTD, &compressed),
         // zstd fails only on an invalid level or out of memory; the plain form is always valid.
         _ => encode_record(record),
     }
@@ -177,10 +189,7 @@ pub fn encode_record_zstd(record: &Record, level: i32) -> Vec<u8> {
 /// version 3). Falls back to [`encode_record_zstd`] if zstd cannot use the dictionary.
 #[cfg(feature = "zstd")]
 pub fn encode_record_zstd_dict(record: &Record, level: i32, dictionary: &Dictionary) -> Vec<u8> {
-    let body = match postcard::to_allocvec(record) {
-        Ok(v) => v,
-        Err(e) => unreachable!("postcard cannot fail to encode a Record into a Vec: {e}"),
-    };
+    let body = body(record);
     // Loading a dictionary into a context costs more than compressing a record: each thread
     // keeps one context, loaded with the dictionary and level it last used.
     thread_local! {
@@ -197,12 +206,7 @@ pub fn encode_record_zstd_dict(record: &Record, level: i32, dictionary: &Diction
         slot.as_mut().map(|(_, _, c)| c.compress(&body))
     });
     match compressed {
-        Some(Ok(compressed)) => {
-            let mut out = Vec::with_capacity(compressed.len() + 1);
-            out.push(FORMAT_VERSION_ZSTD_DICT);
-            out.extend_from_slice(&compressed);
-            out
-        }
+        Some(Ok(compressed)) => framed(FORMAT_VERSION_ZSTD_DICT, &compressed),
         _ => encode_record_zstd(record, level),
     }
 }

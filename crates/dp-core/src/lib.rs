@@ -31,7 +31,7 @@ pub mod turn;
 pub use accumulator::{Accumulator, Batch, FlushTrigger};
 pub use codec::{
     CodecError, FORMAT_VERSION, FORMAT_VERSION_ZSTD, FORMAT_VERSION_ZSTD_DICT, decode_record,
-    decode_record_with, dictionary_id, encode_record, encode_record_into,
+    decode_record_with, dictionary_id, encode_record, encode_record_into, training_sample,
 };
 #[cfg(feature = "zstd")]
 pub use codec::{Dictionary, encode_record_zstd, encode_record_zstd_dict};
