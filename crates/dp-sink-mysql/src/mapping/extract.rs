@@ -205,7 +205,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: Fields<'de> = Vec::with_capacity(self.wanted.len());
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if self.wanted.iter().any(|w| *w == key) {
                 let raw: &'de RawValue = map.next_value()?;
                 // A repeated field: the last one wins, as in most JSON readers.
@@ -219,6 +219,32 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
     }
 
     refuse_non_objects!();
+}
+
+/// An object's key, borrowed from the payload unless it holds escapes. (`Cow<str>`'s own
+/// `Deserialize` always allocates: a `String` per key of every record.)
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 /// Follows `path` from the top-level fields; `None` where a segment is absent or the value

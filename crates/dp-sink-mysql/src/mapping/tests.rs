@@ -335,6 +335,8 @@ fn the_event_id_field_is_configurable_and_escapes_are_read() {
     let odd = ColumnMapping::builtin("a/b~c", 100).expect("compiles");
     let v = odd.map(&brec(Some(br#"{"a/b~c":"k"}"#)), now()).expect("maps");
     assert_eq!(v[0], Value::from("k"), "a field name with / and ~ is one pointer segment");
+    let escaped_key = builtin().map(&brec(Some(br#"{"stat\u0075s":"X","tracking_id":"t"}"#)), now());
+    assert_eq!(escaped_key.expect("maps")[2], Value::from("X"), "a key written with escapes is read");
 }
 
 #[test]
