@@ -19,6 +19,56 @@ use crate::stored::Stored;
 /// The locked stored offsets of a batch's partitions, by topic and partition.
 pub(crate) type Marks = HashMap<String, HashMap<i32, Stored>>;
 
+/// Which of `records` to write: neither stored already (in `marks`) nor a second copy of an
+/// offset earlier in the batch.
+///
+/// A batch holds runs of one partition with rising offsets, where no offset can repeat: per
+/// partition the highest offset kept is enough, and `marks` is looked up once per run. The
+/// first offset that does not rise above its partition's highest (a partition re-read in the
+/// batch) switches to a set of every offset kept so far.
+fn fresh(records: &[Record], marks: &Marks) -> Vec<bool> {
+    let mut keep = Vec::with_capacity(records.len());
+    // Per partition seen: topic, partition, its stored offsets, the highest offset kept.
+    let mut partitions: Vec<(&str, i32, Option<&Stored>, Option<i64>)> = Vec::new();
+    let mut current = 0;
+    let mut seen: Option<HashSet<(&str, i32, i64)>> = None;
+    for (i, r) in records.iter().enumerate() {
+        let same = partitions.get(current).is_some_and(|p| p.1 == r.partition && p.0 == &*r.topic);
+        if !same {
+            current = match partitions.iter().position(|p| p.1 == r.partition && p.0 == &*r.topic) {
+                Some(at) => at,
+                None => {
+                    let stored = marks.get(&*r.topic).and_then(|ps| ps.get(&r.partition));
+                    partitions.push((&*r.topic, r.partition, stored, None));
+                    partitions.len() - 1
+                }
+            };
+        }
+        let p = &mut partitions[current];
+        if p.2.is_some_and(|s| s.contains(r.offset)) {
+            keep.push(false);
+            continue;
+        }
+        let new = match &mut seen {
+            Some(set) => set.insert((&*r.topic, r.partition, r.offset)),
+            None if p.3.is_none_or(|highest| r.offset > highest) => true,
+            None => {
+                let kept = records[..i].iter().zip(&keep).filter(|&(_, &k)| k);
+                let mut set: HashSet<(&str, i32, i64)> =
+                    kept.map(|(r, _)| (&*r.topic, r.partition, r.offset)).collect();
+                let new = set.insert((&*r.topic, r.partition, r.offset));
+                seen = Some(set);
+                new
+            }
+        };
+        if new {
+            p.3 = Some(p.3.map_or(r.offset, |h| h.max(r.offset)));
+        }
+        keep.push(new);
+    }
+    keep
+}
+
 /// A row of the offsets table: topic, partition, watermark, ranges above it.
 pub(crate) type OffsetsRow = (String, i32, i64, Option<String>);
 
@@ -128,18 +178,7 @@ impl MysqlSink {
         records: &[Record],
     ) -> Result<(Vec<bool>, Marks), SinkError> {
         let marks = self.lock_watermarks(tx, records).await?;
-        let mut seen: HashSet<(&str, i32, i64)> = HashSet::with_capacity(records.len());
-        let keep = records
-            .iter()
-            .map(|r| {
-                let stored = marks
-                    .get(&*r.topic)
-                    .and_then(|ps| ps.get(&r.partition))
-                    .is_some_and(|s| s.contains(r.offset));
-                !stored && seen.insert((&*r.topic, r.partition, r.offset))
-            })
-            .collect();
-        Ok((keep, marks))
+        Ok((fresh(records, &marks), marks))
     }
 
     /// Locks and reads the stored offsets of the partitions in `records`, for the transaction.
@@ -218,5 +257,42 @@ impl MysqlSink {
 impl Watermarks for MysqlSink {
     async fn next_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<(String, i32, i64)>, SinkError> {
         self.watermarks(partitions).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(topic: &str, partition: i32, offset: i64) -> Record {
+        Record::new(topic, partition, offset, Some(b"{}".to_vec()))
+    }
+
+    #[test]
+    fn records_stored_or_repeated_in_the_batch_are_not_fresh() {
+        let none = Marks::new();
+        let rising = [at("t", 0, 1), at("t", 1, 1), at("t", 0, 2), at("u", 0, 1), at("t", 1, 2)];
+        assert_eq!(fresh(&rising, &none), vec![true; 5], "interleaved partitions, each rising");
+        // A partition re-read within the batch: every earlier copy is found, in any partition.
+        let reread = [
+            at("t", 0, 5),
+            at("t", 0, 6),
+            at("t", 1, 9),
+            at("t", 0, 5),
+            at("t", 0, 7),
+            at("t", 1, 9),
+            at("t", 0, 6),
+        ];
+        assert_eq!(fresh(&reread, &none), vec![true, true, true, false, true, false, false]);
+        let falling = [at("t", 0, 5), at("t", 0, 3), at("t", 0, 4), at("t", 0, 3)];
+        assert_eq!(fresh(&falling, &none), vec![true, true, true, false], "a lower offset is new once");
+        let again = [at("t", 0, 5), at("t", 0, 7), at("t", 0, 7)];
+        assert_eq!(fresh(&again, &none), vec![true, true, false], "the highest so far, repeated");
+        let mut marks = Marks::new();
+        let stored = Stored::parse(3, Some("5-7")).expect("ranges");
+        marks.entry("t".to_string()).or_default().insert(0, stored);
+        let mixed =
+            [at("t", 0, 2), at("t", 0, 3), at("t", 0, 5), at("t", 0, 7), at("t", 1, 0), at("t", 0, 3)];
+        assert_eq!(fresh(&mixed, &marks), vec![false, true, false, true, true, false]);
     }
 }
