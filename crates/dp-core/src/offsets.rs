@@ -9,6 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::Record;
+
 /// Per-partition bookkeeping of records handed out and records delivered.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
@@ -24,6 +26,35 @@ struct Partition {
     unreported: Option<i64>,
 }
 
+impl Partition {
+    fn register(&mut self, offset: i64) {
+        if self.pending.back().is_some_and(|&(last, _)| offset <= last) {
+            self.pending.clear();
+        }
+        self.pending.push_back((offset, false));
+    }
+
+    fn acknowledge(&mut self, offset: i64) -> bool {
+        let found = match self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+            Ok(i) => {
+                self.pending[i].1 = true;
+                true
+            }
+            Err(_) => false,
+        };
+        while let Some(&(o, true)) = self.pending.front() {
+            self.pending.pop_front();
+            self.unreported = Some(o + 1);
+        }
+        found
+    }
+}
+
+/// Whether two records are of one partition (a run, for the `*_records` methods).
+fn same_partition(a: &Record, b: &Record) -> bool {
+    a.partition == b.partition && a.topic == b.topic
+}
+
 impl OffsetTracker {
     /// An empty tracker.
     pub fn new() -> Self {
@@ -37,11 +68,36 @@ impl OffsetTracker {
     /// rebalance or a seek): what was pending is forgotten, since those records will either be
     /// delivered by their earlier copy or read again.
     pub fn register(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        let p = self.topics.entry(Arc::clone(topic)).or_default().entry(partition).or_default();
-        if p.pending.back().is_some_and(|&(last, _)| offset <= last) {
-            p.pending.clear();
+        self.partition(topic, partition).register(offset);
+    }
+
+    /// [`register`](Self::register)s each of `records`, in order, looking each partition up
+    /// once per run of its records rather than once per record.
+    pub fn register_records(&mut self, records: &[Record]) {
+        for run in records.chunk_by(same_partition) {
+            let p = self.partition(&run[0].topic, run[0].partition);
+            for r in run {
+                p.register(r.offset);
+            }
         }
-        p.pending.push_back((offset, false));
+    }
+
+    fn partition(&mut self, topic: &Arc<str>, partition: i32) -> &mut Partition {
+        self.topics.entry(Arc::clone(topic)).or_default().entry(partition).or_default()
+    }
+
+    /// [`acknowledge`](Self::acknowledge)s each of `records`, looking each partition up once
+    /// per run of its records.
+    pub fn acknowledge_records(&mut self, records: &[Record]) {
+        for run in records.chunk_by(same_partition) {
+            let Some(p) = self.topics.get_mut(&*run[0].topic).and_then(|ps| ps.get_mut(&run[0].partition))
+            else {
+                continue;
+            };
+            for r in run {
+                p.acknowledge(r.offset);
+            }
+        }
     }
 
     /// Marks `offset` delivered. Returns false if the offset was not pending (already
@@ -50,18 +106,7 @@ impl OffsetTracker {
         let Some(p) = self.topics.get_mut(topic).and_then(|ps| ps.get_mut(&partition)) else {
             return false;
         };
-        let found = match p.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            Ok(i) => {
-                p.pending[i].1 = true;
-                true
-            }
-            Err(_) => false,
-        };
-        while let Some(&(o, true)) = p.pending.front() {
-            p.pending.pop_front();
-            p.unreported = Some(o + 1);
-        }
-        found
+        p.acknowledge(offset)
     }
 
     /// Commit positions (next offset to read) that advanced since the last call, per partition.
@@ -196,6 +241,42 @@ mod tests {
     }
 
     proptest! {
+        /// Registering and acknowledging a slice of records, a partition's run at a time, does
+        /// what one call per record does: interleaved partitions and topics, re-reads, acks of
+        /// unknown offsets and repeated acks included.
+        #[test]
+        fn the_record_methods_match_one_call_per_record(
+            handed in proptest::collection::vec((0usize..2, 0i32..3, 0i64..20), 0..60),
+            acked in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 0..60),
+        ) {
+            let topics = [t(), Arc::from("u")];
+            let at = |&(topic, p, o): &(usize, i32, i64)| Record::new(Arc::clone(&topics[topic]), p, o, None);
+            let records: Vec<Record> = handed.iter().map(at).collect();
+            let (mut one, mut batched) = (OffsetTracker::new(), OffsetTracker::new());
+            for r in &records {
+                one.register(&r.topic, r.partition, r.offset);
+            }
+            batched.register_records(&records);
+            // Acknowledged: records handed out, or (the flag) an offset never handed out.
+            let ack: Vec<Record> = acked
+                .iter()
+                .filter(|_| !records.is_empty())
+                .map(|(i, unknown)| {
+                    let mut r = records[i.index(records.len())].clone();
+                    if *unknown {
+                        r.offset += 100;
+                    }
+                    r
+                })
+                .collect();
+            for r in &ack {
+                one.acknowledge(&r.topic, r.partition, r.offset);
+            }
+            batched.acknowledge_records(&ack);
+            prop_assert_eq!(one.take_commits(), batched.take_commits());
+            prop_assert_eq!(one.pending(), batched.pending());
+        }
+
         /// Whatever order acknowledgements arrive in, the reported position is always one past
         /// the longest delivered prefix, and never passes an undelivered offset.
         #[test]

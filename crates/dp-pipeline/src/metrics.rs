@@ -166,8 +166,9 @@ pub(crate) fn filtered(reasons: &[(String, usize)]) {
 /// Counts a polled chunk per topic and partition.
 pub(crate) fn consumed(records: &[Record]) {
     let mut per: HashMap<(&Arc<str>, i32), u64> = HashMap::new();
-    for r in records {
-        *per.entry((&r.topic, r.partition)).or_default() += 1;
+    // Records come in runs of one partition: one map entry per run, not per record.
+    for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
+        *per.entry((&run[0].topic, run[0].partition)).or_default() += run.len() as u64;
     }
     for ((topic, partition), n) in per {
         counter!(CONSUMED, "topic" => topic.to_string(), "partition" => partition.to_string()).increment(n);

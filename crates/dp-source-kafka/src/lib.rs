@@ -376,16 +376,12 @@ impl Source for KafkaSource {
         }
         let n = self.pending.len().min(max);
         let out: Vec<Record> = self.pending.drain(..n).collect();
-        for r in &out {
-            self.tracker.register(&r.topic, r.partition, r.offset);
-        }
+        self.tracker.register_records(&out);
         Ok(out)
     }
 
     fn acknowledge(&mut self, delivered: &[Record]) -> Result<(), SourceError> {
-        for r in delivered {
-            self.tracker.acknowledge(&r.topic, r.partition, r.offset);
-        }
+        self.tracker.acknowledge_records(delivered);
         for (topic, partition, next) in self.tracker.take_commits() {
             let mut tpl = TopicPartitionList::new();
             if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {

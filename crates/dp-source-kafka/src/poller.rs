@@ -366,20 +366,67 @@ impl PollerContext {
     }
 }
 
-/// Converts a message, sharing one `Arc<str>` per topic name across records.
-fn to_record(
-    topics: &mut HashMap<String, Arc<str>>,
-    m: &BorrowedMessage<'_>,
-    follows: Option<i64>,
-) -> Record {
-    let topic = match topics.get(m.topic()) {
-        Some(t) => Arc::clone(t),
-        None => {
-            let t: Arc<str> = Arc::from(m.topic());
-            topics.insert(m.topic().to_owned(), Arc::clone(&t));
-            t
+/// One `Arc<str>` per topic name, shared across records. Messages come in runs of one topic, so
+/// the last one is compared before the map is hashed.
+#[derive(Default)]
+struct TopicNames {
+    last: Option<Arc<str>>,
+    all: HashMap<String, Arc<str>>,
+}
+
+impl TopicNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.last.as_ref().filter(|t| &***t == name) {
+            return Arc::clone(t);
         }
-    };
+        let t = match self.all.get(name) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(name);
+                self.all.insert(name.to_owned(), Arc::clone(&t));
+                t
+            }
+        };
+        self.last = Some(Arc::clone(&t));
+        t
+    }
+}
+
+/// The last offset read per partition since the last rebalance (or error), for `follows`.
+/// Messages come in runs of one partition (a fetched message set): the partition of the
+/// current run is kept apart, and the map is touched only when the run changes.
+#[derive(Default)]
+struct LastRead {
+    run: Option<(Arc<str>, i32, i64)>,
+    others: HashMap<(Arc<str>, i32), i64>,
+}
+
+impl LastRead {
+    /// Records `offset` as the last one read of the partition; returns the one read before it.
+    fn replace(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> Option<i64> {
+        if let Some((t, p, o)) = &mut self.run
+            && *p == partition
+            && **t == **topic
+        {
+            return Some(std::mem::replace(o, offset));
+        }
+        if let Some((t, p, o)) = self.run.take() {
+            self.others.insert((t, p), o);
+        }
+        let previous = self.others.remove(&(Arc::clone(topic), partition));
+        self.run = Some((Arc::clone(topic), partition, offset));
+        previous
+    }
+
+    fn clear(&mut self) {
+        self.run = None;
+        self.others.clear();
+    }
+}
+
+/// Converts a message, sharing one `Arc<str>` per topic name across records.
+fn to_record(topics: &mut TopicNames, m: &BorrowedMessage<'_>, follows: Option<i64>) -> Record {
+    let topic = topics.get(m.topic());
     let headers = m
         .headers()
         .map(|hs| {
@@ -410,9 +457,8 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
     }
     let _stopped = Stopped(&ctx.events);
     let shared = Arc::clone(&ctx.shared);
-    let mut topics = HashMap::new();
-    // The last offset read per partition since the last rebalance (or error), for `follows`.
-    let mut last: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut topics = TopicNames::default();
+    let mut last = LastRead::default();
     let mut epoch = shared.rebalances.load(Ordering::Acquire);
     let mut paused = false;
     let mut pause = Pause::default();
@@ -432,7 +478,7 @@ pub(crate) fn run(consumer: Arc<BaseConsumer<PollerContext>>) {
             Some(Ok(m)) => {
                 let mut record = to_record(&mut topics, &m, None);
                 drop(m);
-                let previous = last.insert((Arc::clone(&record.topic), record.partition), record.offset);
+                let previous = last.replace(&record.topic, record.partition, record.offset);
                 record.follows = previous.filter(|&p| p < record.offset);
                 let mut chunk = lock(&shared.chunk);
                 chunk.push(record);
@@ -548,6 +594,23 @@ fn leave(consumer: &BaseConsumer<PollerContext>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offset_read_before_is_kept_per_partition_across_runs() {
+        let mut topics = TopicNames::default();
+        let (a, b) = (topics.get("a"), topics.get("b"));
+        assert!(Arc::ptr_eq(&a, &topics.get("a")), "one name, one shared string");
+        let mut last = LastRead::default();
+        assert_eq!(last.replace(&a, 0, 10), None);
+        assert_eq!(last.replace(&a, 0, 11), Some(10));
+        assert_eq!(last.replace(&a, 1, 5), None, "another partition of the topic");
+        assert_eq!(last.replace(&b, 0, 7), None, "the same partition of another topic");
+        assert_eq!(last.replace(&a, 0, 12), Some(11), "back to a run read before");
+        assert_eq!(last.replace(&a, 1, 6), Some(5));
+        assert_eq!(last.replace(&b, 0, 8), Some(7));
+        last.clear();
+        assert_eq!(last.replace(&a, 0, 13), None, "nothing follows across a rebalance");
+    }
 
     #[test]
     fn one_error_waits_at_a_time() {
