@@ -10,7 +10,6 @@ use dp_core::{
     encode_record_zstd, encode_record_zstd_dict,
 };
 use fred::prelude::*;
-use uuid::Uuid;
 
 use crate::cluster::PAGE;
 use crate::config::{Compression, RedisBufferConfig, RedisMode};
@@ -249,8 +248,7 @@ impl Buffer for RedisBuffer {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> =
-            records.iter().map(|_| format!("{}{}", self.buffer_prefix, Uuid::now_v7().as_simple())).collect();
+        let keys = crate::keys::new_buffer_keys(&self.buffer_prefix, records.len());
         let dictionary = self.encoding();
         if self.spread() {
             self.append_spread(&keys, records, dictionary.as_ref()).await?;

@@ -2,7 +2,32 @@
 //! for a Redis Cluster, `<prefix>:buffer:{<instance-id>}:<uuid>`), and the registry, lease,
 //! claim, pending and quarantine keys around them.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::timestamp::context::ContextV7;
+use uuid::{Timestamp, Uuid};
+
 use crate::RedisBuffer;
+
+/// `n` new buffer keys under `prefix`, each ending in a UUID v7. The clock is read once for
+/// all of them, and a context of their own counts them up within that millisecond, so they are
+/// unique and in order; `Uuid::now_v7` per key read the clock and locked uuid's shared context
+/// each time (with the `format!`, ~1.5% of the process's samples under a backlog, `perf`).
+pub(crate) fn new_buffer_keys(prefix: &str, n: usize) -> Vec<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let context = ContextV7::new();
+    let mut text = Uuid::encode_buffer();
+    (0..n)
+        .map(|_| {
+            let id = Uuid::new_v7(Timestamp::from_unix(&context, now.as_secs(), now.subsec_nanos()));
+            let id = id.as_simple().encode_lower(&mut text);
+            let mut key = String::with_capacity(prefix.len() + id.len());
+            key.push_str(prefix);
+            key.push_str(id);
+            key
+        })
+        .collect()
+}
 
 /// Whether `s` can stand in a key between colons and in a `SCAN MATCH` pattern unescaped.
 pub fn is_key_segment(s: &str) -> bool {
@@ -73,6 +98,26 @@ impl RedisBuffer {
                 format!("{}:quarantine:{{{key}}}", self.key_prefix)
             }
             _ => format!("{}{key}", self.quarantine_prefix),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_buffer_keys_are_unique_ordered_v7_uuids_under_the_prefix() {
+        let keys = new_buffer_keys("msg:buffer:pod-1:", 5000);
+        assert_eq!(keys.len(), 5000);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "strictly increasing, hence unique");
+        let later = new_buffer_keys("msg:buffer:pod-1:", 1);
+        assert_ne!(keys[0], later[0], "another append's keys are others");
+        for key in keys.iter().chain(&later) {
+            let id = key.strip_prefix("msg:buffer:pod-1:").expect("the prefix");
+            assert_eq!(uuid_of(key), id);
+            let parsed = Uuid::parse_str(id).expect("a uuid");
+            assert_eq!((id.len(), parsed.get_version_num()), (32, 7), "simple form, version 7");
         }
     }
 }
