@@ -13,7 +13,7 @@ use fred::prelude::*;
 
 use crate::cluster::PAGE;
 use crate::config::{Compression, RedisBufferConfig, RedisMode};
-use crate::keys::is_key_segment;
+use crate::keys::{KeyNames, is_key_segment};
 use crate::lease::being_adopted;
 use crate::security::connect_error;
 use crate::{RedisBuffer, RedisBufferError, transient};
@@ -82,6 +82,7 @@ impl RedisBuffer {
             clustered: config.mode == RedisMode::Cluster,
             hash_tag: config.hash_tag,
             unsettled: Arc::default(),
+            key_names: KeyNames::default(),
         };
         // Claim our own buffer before anything else, so nobody adopts it while we restore.
         buffer.renew_lease().await.map_err(|source| connect_error(config.url.redacted(), source))?;
@@ -248,7 +249,7 @@ impl Buffer for RedisBuffer {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = crate::keys::new_buffer_keys(&self.buffer_prefix, records.len());
+        let keys = self.key_names.new_keys(&self.buffer_prefix, records.len());
         let dictionary = self.encoding();
         if self.spread() {
             self.append_spread(&keys, records, dictionary.as_ref()).await?;

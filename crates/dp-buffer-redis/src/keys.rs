@@ -2,6 +2,7 @@
 //! for a Redis Cluster, `<prefix>:buffer:{<instance-id>}:<uuid>`), and the registry, lease,
 //! claim, pending and quarantine keys around them.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::timestamp::context::ContextV7;
@@ -9,24 +10,39 @@ use uuid::{Timestamp, Uuid};
 
 use crate::RedisBuffer;
 
-/// `n` new buffer keys under `prefix`, each ending in a UUID v7. The clock is read once for
-/// all of them, and a context of their own counts them up within that millisecond, so they are
-/// unique and in order; `Uuid::now_v7` per key read the clock and locked uuid's shared context
-/// each time (with the `format!`, ~1.5% of the process's samples under a backlog, `perf`).
-pub(crate) fn new_buffer_keys(prefix: &str, n: usize) -> Vec<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let context = ContextV7::new();
-    let mut text = Uuid::encode_buffer();
-    (0..n)
-        .map(|_| {
-            let id = Uuid::new_v7(Timestamp::from_unix(&context, now.as_secs(), now.subsec_nanos()));
-            let id = id.as_simple().encode_lower(&mut text);
-            let mut key = String::with_capacity(prefix.len() + id.len());
-            key.push_str(prefix);
-            key.push_str(id);
-            key
-        })
-        .collect()
+/// Names an instance's new buffer keys: `<buffer prefix><uuid v7>`, each after every key named
+/// before it, so the instance's keys sort in arrival order (restore and adoption read them in
+/// that order). One per buffer, shared by its clones.
+#[derive(Clone)]
+pub(crate) struct KeyNames(Arc<Mutex<ContextV7>>);
+
+impl Default for KeyNames {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(ContextV7::new())))
+    }
+}
+
+impl KeyNames {
+    /// `n` new keys under `prefix`. The clock is read once for all of them, and the context
+    /// counts up within a millisecond and never goes back across calls (a clock that steps back
+    /// included). `Uuid::now_v7` per key read the clock and locked uuid's shared context each
+    /// time; with the `format!` that was ~1.5% of the process's samples under a backlog (`perf`).
+    pub(crate) fn new_keys(&self, prefix: &str, n: usize) -> Vec<String> {
+        let context = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // A clock before 1970 counts as 1970: the context still counts up from its last key.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut text = Uuid::encode_buffer();
+        (0..n)
+            .map(|_| {
+                let id = Uuid::new_v7(Timestamp::from_unix(&*context, now.as_secs(), now.subsec_nanos()));
+                let id = id.as_simple().encode_lower(&mut text);
+                let mut key = String::with_capacity(prefix.len() + id.len());
+                key.push_str(prefix);
+                key.push_str(id);
+                key
+            })
+            .collect()
+    }
 }
 
 /// Whether `s` can stand in a key between colons and in a `SCAN MATCH` pattern unescaped.
@@ -107,13 +123,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_buffer_keys_are_unique_ordered_v7_uuids_under_the_prefix() {
-        let keys = new_buffer_keys("msg:buffer:pod-1:", 5000);
-        assert_eq!(keys.len(), 5000);
+    fn new_keys_sort_in_the_order_they_were_named_across_calls() {
+        let names = KeyNames::default();
+        let shared = names.clone();
+        let mut keys = names.new_keys("msg:buffer:pod-1:", 5000);
+        // Calls within one millisecond, from clones too: each call's keys after the last one's.
+        for i in 0..2000 {
+            let more = if i % 2 == 0 { &shared } else { &names }.new_keys("msg:buffer:pod-1:", 3);
+            keys.extend(more);
+        }
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "strictly increasing, hence unique");
-        let later = new_buffer_keys("msg:buffer:pod-1:", 1);
-        assert_ne!(keys[0], later[0], "another append's keys are others");
-        for key in keys.iter().chain(&later) {
+        for key in &keys {
             let id = key.strip_prefix("msg:buffer:pod-1:").expect("the prefix");
             assert_eq!(uuid_of(key), id);
             let parsed = Uuid::parse_str(id).expect("a uuid");

@@ -119,6 +119,8 @@ pub struct RedisBuffer {
     /// Keys of a spread cluster append that failed part-way: deleted before anything else is
     /// appended, so no record of a partition sits in Redis after one that is not.
     unsettled: Arc<Mutex<Vec<String>>>,
+    /// Names the keys of appends, in arrival order.
+    key_names: keys::KeyNames,
 }
 
 fn transient(what: &str, e: fred::error::Error) -> BufferError {

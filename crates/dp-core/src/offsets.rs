@@ -50,11 +50,6 @@ impl Partition {
     }
 }
 
-/// Whether two records are of one partition (a run, for the `*_records` methods).
-fn same_partition(a: &Record, b: &Record) -> bool {
-    a.partition == b.partition && a.topic == b.topic
-}
-
 impl OffsetTracker {
     /// An empty tracker.
     pub fn new() -> Self {
@@ -74,7 +69,7 @@ impl OffsetTracker {
     /// [`register`](Self::register)s each of `records`, in order, looking each partition up
     /// once per run of its records rather than once per record.
     pub fn register_records(&mut self, records: &[Record]) {
-        for run in records.chunk_by(same_partition) {
+        for run in records.chunk_by(Record::same_partition) {
             let p = self.partition(&run[0].topic, run[0].partition);
             for r in run {
                 p.register(r.offset);
@@ -89,7 +84,7 @@ impl OffsetTracker {
     /// [`acknowledge`](Self::acknowledge)s each of `records`, looking each partition up once
     /// per run of its records.
     pub fn acknowledge_records(&mut self, records: &[Record]) {
-        for run in records.chunk_by(same_partition) {
+        for run in records.chunk_by(Record::same_partition) {
             let Some(p) = self.topics.get_mut(&*run[0].topic).and_then(|ps| ps.get_mut(&run[0].partition))
             else {
                 continue;

@@ -66,6 +66,12 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether `other` is of the same topic and partition: runs of one partition, for
+    /// `slice::chunk_by`, let per-partition work be done once per run instead of per record.
+    pub fn same_partition(&self, other: &Record) -> bool {
+        self.partition == other.partition && self.topic == other.topic
+    }
+
     /// A record with the given coordinates and value, and no key, headers or timestamp.
     pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64, payload: Option<Vec<u8>>) -> Self {
         Self {

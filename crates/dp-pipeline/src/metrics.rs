@@ -167,7 +167,7 @@ pub(crate) fn filtered(reasons: &[(String, usize)]) {
 pub(crate) fn consumed(records: &[Record]) {
     let mut per: HashMap<(&Arc<str>, i32), u64> = HashMap::new();
     // Records come in runs of one partition: one map entry per run, not per record.
-    for run in records.chunk_by(|a, b| a.partition == b.partition && a.topic == b.topic) {
+    for run in records.chunk_by(Record::same_partition) {
         *per.entry((&run[0].topic, run[0].partition)).or_default() += run.len() as u64;
     }
     for ((topic, partition), n) in per {

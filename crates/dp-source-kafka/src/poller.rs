@@ -376,7 +376,7 @@ struct TopicNames {
 
 impl TopicNames {
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(t) = self.last.as_ref().filter(|t| &***t == name) {
+        if let Some(t) = self.last.as_ref().filter(|t| ***t == *name) {
             return Arc::clone(t);
         }
         let t = match self.all.get(name) {

@@ -223,7 +223,14 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
 /// An object's key, borrowed from the payload unless it holds escapes. (`Cow<str>`'s own
 /// `Deserialize` always allocates: a `String` per key of every record.)
+#[derive(PartialEq, Eq, Hash)]
 struct Key<'de>(Cow<'de, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl<'de> de::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -255,7 +262,7 @@ fn lookup<'a>(fields: &Fields<'a>, path: &[String]) -> Result<Option<&'a RawValu
     for seg in &path[1..] {
         let text = raw.get();
         let next = if text.starts_with('{') {
-            let map: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_str(text).map_err(|e| {
+            let map: HashMap<Key<'a>, &'a RawValue> = serde_json::from_str(text).map_err(|e| {
                 Rejection::new("invalid_json", format!("message value is not valid JSON: {e}"))
             })?;
             map.get(seg.as_str()).copied()
