@@ -385,16 +385,16 @@ async fn drop_dictionary(config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let buffer = RedisBuffer::connect(&config.redis, &format!("{}-cleanup", config.instance_id)).await?;
-    delete_dictionary(&buffer, &config.redis.key_prefix).await?;
+    delete_dictionary(&buffer).await?;
     buffer.close().await?;
     Ok(())
 }
 
 /// Deletes `<prefix>:dictionary` and the dictionary it names, if `buffer` uses one: one `DEL`
 /// each, as the two keys may sit in different slots of a Redis Cluster.
-async fn delete_dictionary(buffer: &RedisBuffer, prefix: &str) -> anyhow::Result<()> {
+async fn delete_dictionary(buffer: &RedisBuffer) -> anyhow::Result<()> {
     if let Some(id) = buffer.dictionary_id() {
-        for key in [format!("{prefix}:dictionary:{id}"), format!("{prefix}:dictionary")] {
+        for key in [buffer.dictionary_key(id), buffer.current_dictionary_key()] {
             let _: () = buffer.client().del(key).await?;
         }
     }
@@ -604,7 +604,7 @@ async fn redis_bytes_per_message(
     }
     let after = used_memory(buffer.client()).await?;
     buffer.remove(&keys).await?;
-    delete_dictionary(&buffer, &redis.key_prefix).await?;
+    delete_dictionary(&buffer).await?;
     buffer.close().await?;
     Ok(after.saturating_sub(before) as f64 / N as f64)
 }

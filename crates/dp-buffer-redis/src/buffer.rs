@@ -243,18 +243,14 @@ pub(crate) async fn read_persistence<C: ConfigInterface>(
     Ok(Persistence { appendonly: get("appendonly").await?, appendfsync: get("appendfsync").await? })
 }
 
-#[async_trait]
-impl Buffer for RedisBuffer {
-    async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = self.key_names.new_keys(&self.buffer_prefix, records.len());
+impl RedisBuffer {
+    /// Writes `records` under `keys` (named in arrival order) by the way the deployment takes:
+    /// spread over a cluster's slots, a plain `MSET` while no claim can exist, or the fenced
+    /// script that checks the claim.
+    async fn write_appended(&self, keys: &[String], records: &[Record]) -> Result<(), BufferError> {
         let dictionary = self.encoding();
         if self.spread() {
-            self.append_spread(&keys, records, dictionary.as_ref()).await?;
-            self.learn_from(records).await;
-            return Ok(keys.into_iter().map(BufferKey).collect());
+            return self.append_spread(keys, records, dictionary.as_ref()).await;
         }
         if self.surely_unclaimed() {
             // `MSET` as its arguments, key and value in turn: fred's `mset` takes a `Map`, which
@@ -269,8 +265,7 @@ impl Buffer for RedisBuffer {
             let mset =
                 fred::types::CustomCommand::new_static("MSET", fred::types::ClusterHash::FirstKey, false);
             let _: Value = self.client.custom(mset, args).await.map_err(|e| transient("MSET", e))?;
-            self.learn_from(records).await;
-            return Ok(keys.into_iter().map(BufferKey).collect());
+            return Ok(());
         }
         // The claim and the keys share a slot (one server, or the instance id's hash tag in a
         // cluster): one script checks the claim and writes.
@@ -290,6 +285,18 @@ impl Buffer for RedisBuffer {
                 return Err(being_adopted());
             }
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Buffer for RedisBuffer {
+    async fn append(&self, records: &[Record]) -> Result<Vec<BufferKey>, BufferError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.key_names.new_keys(&self.buffer_prefix, records.len());
+        self.write_appended(&keys, records).await?;
         self.learn_from(records).await;
         Ok(keys.into_iter().map(BufferKey).collect())
     }

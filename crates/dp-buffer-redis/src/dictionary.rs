@@ -64,12 +64,12 @@ impl Dictionaries {
 
 impl RedisBuffer {
     /// `<prefix>:dictionary`: the id of the dictionary new records are compressed with.
-    pub(crate) fn current_dictionary_key(&self) -> String {
+    pub fn current_dictionary_key(&self) -> String {
         format!("{}:dictionary", self.key_prefix)
     }
 
     /// `<prefix>:dictionary:<id>`: a dictionary's bytes.
-    pub(crate) fn dictionary_key(&self, id: u32) -> String {
+    pub fn dictionary_key(&self, id: u32) -> String {
         format!("{}:dictionary:{id}", self.key_prefix)
     }
 
