@@ -4,18 +4,17 @@
 //! This file only parses arguments, sets up logging and signals, and calls the libraries.
 
 /// mysql_async keeps up to 128 I/O buffers for reuse and lets each keep up to 4 MiB of capacity.
-/// Every 1000-row INSERT needs a ~600 KB buffer, and the pool hands its buffers out in turn, so
-/// over a long backlog nearly all of them grow to that size: ~40 MB of resident memory that does
-/// nothing (measured with `valgrind --tool=massif`, docs/PERFORMANCE.md). Capping what a
-/// returned buffer keeps at 64 KiB, as this did before, traded that for a ~1 MB allocation (and
-/// its doublings) per statement, which the allocator keeps as dirty pages: peak RSS was as high.
-/// So the pool keeps at most 8 buffers (a batch's connection, the watermark reads of a
-/// rebalance or an adoption beside it, each reading and writing), each up to 2 MiB: at most
-/// 16 MiB, no allocation per statement. mysql_async reads these from the environment when it
-/// first creates its pool, so they are set here, unless the operator set them.
+/// Every 1000-row INSERT needs a ~1 MB buffer, and the pool hands its buffers out in turn, so
+/// over a long backlog nearly all of them grow to that size: memory that does nothing. A
+/// jemalloc heap profile of a 1M backlog found 10.6 MiB held this way with 8 buffers; with 2,
+/// ~2 MiB (docs/PERFORMANCE.md). A batch's write uses one buffer for its statement and one for
+/// the packet it reads; more at once (the watermark reads of a rebalance beside a batch) are
+/// allocated and dropped. A kept buffer may hold up to 2 MiB, so a statement does not grow a
+/// new one by doublings. mysql_async reads these from the environment when it first creates its
+/// pool, so they are set here, unless the operator set them.
 #[allow(unsafe_code)]
 fn cap_mysql_buffers() {
-    for (var, value) in [("MYSQL_ASYNC_BUFFER_POOL_CAP", "8"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "2097152")] {
+    for (var, value) in [("MYSQL_ASYNC_BUFFER_POOL_CAP", "2"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "2097152")] {
         if std::env::var_os(var).is_none() {
             // SAFETY: called first thing in `main`, before the runtime or any other thread
             // exists, so nothing can read the environment concurrently.
@@ -26,21 +25,24 @@ fn cap_mysql_buffers() {
 
 // jemalloc returns freed memory to the system and fragments less than glibc's malloc under
 // many threads (librdkafka's, tokio's): RSS stays flat however long the backlog
-// (docs/PERFORMANCE.md). The library crates leave the allocator to whoever embeds them.
+// (docs/PERFORMANCE.md). It serves the C libraries' `malloc` too (librdkafka, OpenSSL: the
+// `unprefixed_malloc_on_supported_platforms` feature), whose glibc arenas otherwise held
+// 17 MiB at a 1M backlog's peak. The library crates leave the allocator to whoever embeds them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read before `main`: freed pages go back to the system after a second
-/// (its default is ten), purged by its own background thread rather than by the threads that
-/// free them. A batch's buffers (records, Redis command, statement parameters) are large
-/// allocations of varying sizes that jemalloc otherwise keeps as dirty pages: peak RSS on a
-/// 200k backlog fell from 95 to 63 MiB (docs/PERFORMANCE.md). `_RJEM_MALLOC_CONF` in the
-/// environment still overrides it.
+/// jemalloc's options, read before `main`: freed pages go back to the system after 300 ms
+/// (its default is ten seconds), purged by its own background thread rather than by the
+/// threads that free them. A batch's buffers (records, Redis command, statement parameters)
+/// are large allocations of varying sizes that jemalloc otherwise keeps as dirty pages: peak
+/// RSS on a 200k backlog fell from 95 to 63 MiB with a one-second decay, and 300 ms took
+/// another ~5 MiB off a 1M backlog's peak (docs/PERFORMANCE.md). Purging at once (0 ms) costs
+/// twice the CPU. `MALLOC_CONF` in the environment still overrides it.
 #[allow(non_upper_case_globals, unsafe_code)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[unsafe(export_name = "malloc_conf")]
 static malloc_conf: Option<&'static std::ffi::c_char> =
     // SAFETY: a pointer to the first byte of a static, NUL-terminated string.
-    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
+    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0".as_ptr() });
 
 use std::path::PathBuf;
 use std::process::ExitCode;

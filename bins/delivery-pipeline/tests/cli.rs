@@ -40,6 +40,20 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// The allocator's options are the binary's own (`malloc_conf` in main.rs), and jemalloc reads
+/// the unprefixed `MALLOC_CONF`: it is the process's `malloc`, the C libraries' too. Were it
+/// built with its `_rjem_` prefix again, `MALLOC_CONF` would print nothing here, and a
+/// `malloc_conf` under the wrong name would leave jemalloc's defaults (docs/PERFORMANCE.md).
+#[test]
+fn jemalloc_serves_malloc_with_the_binarys_options() {
+    let o = run(&["--help"], &[("MALLOC_CONF", "stats_print:true")]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for option in ["opt.background_thread: true", "opt.dirty_decay_ms: 300", "opt.muzzy_decay_ms: 0"] {
+        assert!(out.contains(option), "{option} missing from jemalloc's statistics:\n{out}");
+    }
+}
+
 #[test]
 fn invalid_configuration_exits_2_with_one_line_naming_the_key() {
     // (variable, value, what the line must start with after "error: invalid configuration: ")
