@@ -56,8 +56,10 @@ impl Filtering {
     pub(crate) fn apply(&mut self, records: Vec<Record>) -> Split {
         let mut split = Split { kept: Vec::with_capacity(records.len()), ..Split::default() };
         for mut record in records {
-            let key = (Arc::clone(&record.topic), record.partition);
-            if let (Some(follows), Some(&(dropped, before))) = (record.follows, self.dropped_last.get(&key))
+            // Most chunks follow no dropped record: no key is built or hashed for them.
+            let key = (!self.dropped_last.is_empty()).then(|| (Arc::clone(&record.topic), record.partition));
+            if let (Some(follows), Some(&(dropped, before))) =
+                (record.follows, key.as_ref().and_then(|k| self.dropped_last.get(k)))
                 && follows == dropped
             {
                 record.follows = before;
@@ -71,11 +73,14 @@ impl Filtering {
                     // A dropped record that follows nothing read before it (the first after an
                     // assignment) is covered from its own offset by the next kept one.
                     let before = record.follows.or(Some(record.offset - 1));
+                    let key = key.unwrap_or_else(|| (Arc::clone(&record.topic), record.partition));
                     self.dropped_last.insert(key, (record.offset, before));
                     split.dropped.push(record);
                 }
                 None => {
-                    self.dropped_last.remove(&key);
+                    if let Some(key) = key {
+                        self.dropped_last.remove(&key);
+                    }
                     split.kept.push(record);
                 }
             }
