@@ -7,12 +7,14 @@
 /// Every 1000-row INSERT needs a ~1.3 MB buffer, and the pool hands its buffers out in turn, so
 /// over a long backlog nearly all of them grow to that size: memory that does nothing. A
 /// jemalloc heap profile of a 1M backlog found 10.6 MiB held this way with 8 buffers; with 2,
-/// ~2 MiB (docs/PERFORMANCE.md). A batch's write uses one buffer for its statement and one for
-/// the packet it reads; more at once (the watermark reads of a rebalance beside a batch) are
-/// allocated and dropped. A kept buffer may hold up to 2 MiB, so a statement does not grow a
-/// new one by doublings. Besides the pool, each open connection holds one buffer for the
-/// packets it reads (up to `mysql.max_connections`, 4 by default), which may be one that grew. mysql_async reads these from the environment when it first creates its
-/// pool, so they are set here, unless the operator set them.
+/// jemalloc's allocated total fell from 30–35 to 17–28 MiB (docs/PERFORMANCE.md). A batch's
+/// write uses one buffer for its statement and one for the packet it reads; more at once (the
+/// watermark reads of a rebalance beside a batch) are allocated and dropped. A kept buffer may
+/// hold up to 2 MiB, so a statement does not grow a new one by doublings. Besides the pool,
+/// each open connection holds one buffer for the packets it reads (up to
+/// `mysql.max_connections`, 4 by default), which may be one that grew. mysql_async reads these
+/// from the environment when it first creates its pool, so they are set here, unless the
+/// operator set them.
 #[allow(unsafe_code)]
 fn cap_mysql_buffers() {
     for (var, value) in [("MYSQL_ASYNC_BUFFER_POOL_CAP", "2"), ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "2097152")] {

@@ -32,14 +32,18 @@ pub(crate) struct Split {
     pub(crate) reasons: Vec<(String, usize)>,
 }
 
+/// A partition's last record handed out, when it was dropped: its offset, and what it followed.
+type DroppedLast = (i64, Option<i64>);
+
 /// Applies a filter chunk after chunk, keeping what crosses chunks: per partition, the last
 /// record handed out when it was dropped.
 #[derive(Debug)]
 pub(crate) struct Filtering {
     filter: Arc<dyn RecordFilter>,
-    /// Per partition: the offset of the last record handed out, when it was dropped, and what
-    /// that record followed.
-    dropped_last: HashMap<(Arc<str>, i32), (i64, Option<i64>)>,
+    /// Per topic and partition: the offset of the last record handed out, when it was dropped,
+    /// and what that record followed. Keyed by topic first so a record looks its partition up
+    /// by the topic's `&str`, without a key of its own.
+    dropped_last: HashMap<Arc<str>, HashMap<i32, DroppedLast>>,
 }
 
 impl Filtering {
@@ -56,10 +60,8 @@ impl Filtering {
     pub(crate) fn apply(&mut self, records: Vec<Record>) -> Split {
         let mut split = Split { kept: Vec::with_capacity(records.len()), ..Split::default() };
         for mut record in records {
-            // Most chunks follow no dropped record: no key is built or hashed for them.
-            let key = (!self.dropped_last.is_empty()).then(|| (Arc::clone(&record.topic), record.partition));
-            if let (Some(follows), Some(&(dropped, before))) =
-                (record.follows, key.as_ref().and_then(|k| self.dropped_last.get(k)))
+            let pending = self.dropped_last.get(&*record.topic).and_then(|p| p.get(&record.partition));
+            if let (Some(follows), Some(&(dropped, before))) = (record.follows, pending)
                 && follows == dropped
             {
                 record.follows = before;
@@ -73,13 +75,13 @@ impl Filtering {
                     // A dropped record that follows nothing read before it (the first after an
                     // assignment) is covered from its own offset by the next kept one.
                     let before = record.follows.or(Some(record.offset - 1));
-                    let key = key.unwrap_or_else(|| (Arc::clone(&record.topic), record.partition));
-                    self.dropped_last.insert(key, (record.offset, before));
+                    let partitions = self.dropped_last.entry(Arc::clone(&record.topic)).or_default();
+                    partitions.insert(record.partition, (record.offset, before));
                     split.dropped.push(record);
                 }
                 None => {
-                    if let Some(key) = key {
-                        self.dropped_last.remove(&key);
+                    if let Some(partitions) = self.dropped_last.get_mut(&*record.topic) {
+                        partitions.remove(&record.partition);
                     }
                     split.kept.push(record);
                 }
